@@ -1,0 +1,75 @@
+"""The ``rtsal`` command line. Each sub-command lives in its own module, parses its options and
+calls one library function; plugins may add commands through the ``register_commands`` hook."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import typer
+
+from rtsal import __version__
+
+app = typer.Typer(
+    name="rtsal",
+    help="Real-time saliency for black-box image classifiers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rtsal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Real-time saliency for black-box image classifiers (Dabkowski & Gal, 2017)."""
+
+
+def _register_builtin_commands() -> None:
+    from rtsal.cli import blackboxes, classifier, train
+
+    train.register(app)
+    classifier.register(app)
+    blackboxes.register(app)
+
+
+def _register_plugin_commands() -> None:
+    from rtsal.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(app=app)
+        except Exception as exc:
+            warnings.warn(f"plugin {impl.plugin_name!r} failed to add its commands: {exc}",
+                          stacklevel=1)
+
+
+def _format_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: domain errors become one line on stderr and exit code 1."""
+    from rtsal.errors import RtsalError
+
+    warnings.showwarning = _format_warning
+    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+    try:
+        _register_builtin_commands()
+        _register_plugin_commands()
+        app(args=argv, prog_name="rtsal")
+    except RtsalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

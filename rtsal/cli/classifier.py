@@ -1,0 +1,54 @@
+"""``rtsal classifier train``: a reference classifier for CIFAR-10 / Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rtsal.cli._console import err, progress_bar
+
+classifier_app = typer.Typer(help="Reference classifiers to use as black boxes.",
+                             no_args_is_help=True)
+
+
+@classifier_app.command("train")
+def train_classifier_cmd(
+    data: Annotated[str, typer.Option("--data", "-d", help="cifar10 or fashion-mnist.")] = "cifar10",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path(
+        "runs/classifier"),
+    data_root: Annotated[Optional[str], typer.Option(help="Local copy of the data set.")] = None,
+    arch: Annotated[str, typer.Option(help="resnet9 or resnet18.")] = "resnet9",
+    width: Annotated[int, typer.Option(help="Base channel width.")] = 32,
+    epochs: Annotated[int, typer.Option(help="Epochs (one-cycle schedule).")] = 10,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak SGD learning rate.")] = 0.2,
+    limit: Annotated[Optional[int], typer.Option(help="Train on a seeded subset.")] = None,
+    workers: Annotated[int, typer.Option(help="Data-loading workers.")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a classifier; the output directory then works as --blackbox DIR."""
+    from rtsal.classifier import ClassifierConfig, train_classifier
+
+    cfg = ClassifierConfig(data=data, data_root=data_root, arch=arch, width=width, epochs=epochs,
+                           max_steps=steps, batch_size=batch_size, lr=lr, limit=limit,
+                           workers=workers, seed=seed, device=device, out=str(out))
+    err.print(f"training {arch} (width {width}) on {data}", highlight=False)
+    with progress_bar() as progress:
+        result = train_classifier(cfg, progress)
+    summary = {"checkpoint": str(result.out), "test_accuracy": result.test_accuracy,
+               "steps": result.steps, "seconds": round(result.train_seconds, 1)}
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"wrote {result.out}: test accuracy {100 * result.test_accuracy:.2f} % after "
+                   f"{result.steps} steps in {result.train_seconds:.0f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(classifier_app, name="classifier")

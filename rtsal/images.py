@@ -1,0 +1,101 @@
+"""Reading images safely: any mode to RGB (or grey), EXIF orientation, a pixel limit."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rtsal.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+DEFAULT_MAX_PIXELS = 100_000_000  # refuse larger images (decompression bombs)
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("RTSAL_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def is_image_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / integer / float grey
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if im.mode.startswith("I;16") else (a.min(), max(a.max(), 1e-12))
+        if im.mode == "I" and a.max() <= 65535 and a.min() >= 0:
+            lo, hi = 0.0, 65535.0 if a.max() > 255 else 255.0
+        a = np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+        im = Image.fromarray((a * 255 + 0.5).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
+
+
+def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
+    """Open ``path`` as an RGB (or ``"L"``) image, upright, or raise :class:`DataError`."""
+    path = Path(path)
+    limit = max_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = limit
+            try:
+                with Image.open(path) as im:
+                    if im.width * im.height > limit:
+                        raise DataError(
+                            f"{path}: {im.width}x{im.height} pixels exceeds the limit of "
+                            f"{limit} (set RTSAL_MAX_PIXELS to allow it)"
+                        )
+                    im.load()
+                    im = ImageOps.exif_transpose(im)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"{path}: image is larger than the pixel limit of {limit} (set RTSAL_MAX_PIXELS)"
+        ) from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file (or an unsupported format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+    except Exception as exc:  # decoders raise a zoo of exception types on hostile bytes
+        raise DataError(f"{path}: cannot decode image ({type(exc).__name__})") from None
+    if im.width < 1 or im.height < 1:
+        raise DataError(f"{path}: empty image")
+    rgb = _to_rgb(im)
+    return rgb.convert("L") if mode == "L" else rgb
+
+
+def pil_to_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL image -> float tensor (C, H, W) in [0, 1]."""
+    a = np.asarray(im, dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    """(C, H, W) or (H, W) tensor in [0, 1] -> 8-bit PIL image."""
+    x = x.detach().float().clamp(0, 1).mul(255).round().byte().cpu()
+    if x.dim() == 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() == 2:
+        return Image.fromarray(x.numpy(), mode="L")
+    return Image.fromarray(x.permute(1, 2, 0).numpy(), mode="RGB")

@@ -1,0 +1,109 @@
+"""Plugin manager: built-in plugins plus third-party ones from the ``rtsal`` entry-point group.
+
+Environment:
+  RTSAL_DISABLE_PLUGIN_AUTOLOAD=1   load no third-party plugins
+  RTSAL_PLUGINS=name1,name2         load only these entry points (allow-list)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from importlib import metadata
+
+import pluggy
+
+from rtsal import hookspecs
+
+ENTRY_POINT_GROUP = "rtsal"
+
+DEFAULT_PLUGINS = (
+    "rtsal.providers.timm_provider",
+    "rtsal.providers.user_code",
+    "rtsal.providers.checkpoints",
+)
+
+
+class PluginWarning(UserWarning):
+    """A third-party plugin could not be loaded; rtsal carries on without it."""
+
+
+_manager: pluggy.PluginManager | None = None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _allow_list() -> set[str] | None:
+    raw = os.environ.get("RTSAL_PLUGINS")
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def load_entry_point_plugins(pm: pluggy.PluginManager) -> list[str]:
+    """Load third-party plugins; a broken one becomes a :class:`PluginWarning`."""
+    if _env_flag("RTSAL_DISABLE_PLUGIN_AUTOLOAD"):
+        return []
+    allowed = _allow_list()
+    loaded = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+            pm.check_pending()
+        except Exception as exc:  # a broken plugin must not break rtsal
+            if pm.get_plugin(ep.name) is not None:
+                pm.unregister(name=ep.name)
+            warnings.warn(
+                f"plugin {ep.name!r} ({ep.value}) failed to load and is skipped: "
+                f"{type(exc).__name__}: {exc}",
+                PluginWarning,
+                stacklevel=2,
+            )
+            continue
+        loaded.append(ep.name)
+    return loaded
+
+
+def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("rtsal")
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    pm.check_pending()
+    if load_entry_points:
+        load_entry_point_plugins(pm)
+    return pm
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, created on first use."""
+    global _manager
+    if _manager is None:
+        _manager = make_plugin_manager()
+    return _manager
+
+
+def reset_plugin_manager(pm: pluggy.PluginManager | None = None) -> None:
+    """Replace (or drop, to rebuild lazily) the process-wide manager; used by tests."""
+    global _manager
+    _manager = pm
+    from rtsal import blackbox
+
+    blackbox._registry_cache = None
+
+
+def plugin_of(obj: object) -> str:
+    """Name of the registered plugin a hook implementation came from."""
+    pm = get_plugin_manager()
+    for name, plugin in pm.list_name_plugin():
+        if plugin is obj:
+            return name
+    return "?"

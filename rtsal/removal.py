@@ -1,0 +1,92 @@
+"""Evidence removal (Section 3): ``Phi(X, M) = X * M + A * (1 - M)``.
+
+The alternative image ``A`` is drawn anew at every call: with probability ``blur_prob`` a strongly
+blurred copy of X, otherwise a random constant colour plus Gaussian noise. All images are in
+[0, 1]; sizes such as the blur sigma are given at 224 px and scale with the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class RemovalConfig:
+    blur_prob: float = 0.5
+    blur_sigma: float = 10.0  # pixels at 224 px (paper: 10; authors' code: 11)
+    color_low: float = 0.0  # random colour drawn uniformly in [color_low, color_high] per channel
+    color_high: float = 1.0
+    noise_std: float = 0.1  # Gaussian noise added to the random colour
+    preserved_noise_std: float = 0.0  # noise added to X itself (authors' code: 0.03 on (-2, 2))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gaussian_kernel1d(sigma: float, device=None, dtype=None) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, device=device, dtype=dtype or torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding; (B, C, H, W) -> same shape."""
+    if sigma <= 0:
+        return x
+    k = gaussian_kernel1d(sigma, x.device, x.dtype)
+    r = k.numel() // 2
+    B, C, H, W = x.shape
+    # reflect padding needs pad < size; clamp the radius by repeating the pad when it is not
+    y = x.reshape(B * C, 1, H, W)
+    ph, pw = min(r, H - 1), min(r, W - 1)
+    y = F.pad(y, (pw, pw, ph, ph), mode="reflect")
+    if (ph, pw) != (r, r):
+        y = F.pad(y, (r - pw, r - pw, r - ph, r - ph), mode="replicate")
+    y = F.conv2d(y, k.view(1, 1, -1, 1))  # vertical
+    y = F.conv2d(y, k.view(1, 1, 1, -1))  # horizontal
+    return y.reshape(B, C, H, W)
+
+
+def alternative_image(
+    x: torch.Tensor, config: RemovalConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A: per sample, a blurred X (prob ``blur_prob``) or a random colour with noise."""
+    B, C, H, W = x.shape
+    dev, dt = x.device, x.dtype
+    rand = lambda *shape: torch.rand(*shape, generator=generator, device=dev, dtype=dt)  # noqa: E731
+    colour = config.color_low + (config.color_high - config.color_low) * rand(B, C, 1, 1)
+    noise = torch.randn(B, C, H, W, generator=generator, device=dev, dtype=dt)
+    solid = colour + config.noise_std * noise
+    use_blur = (rand(B, 1, 1, 1) < config.blur_prob).to(dt)
+    if config.blur_prob > 0:
+        blurred = gaussian_blur(x, config.blur_sigma * H / 224.0)
+        return use_blur * blurred + (1 - use_blur) * solid
+    return solid
+
+
+def apply_mask(x: torch.Tensor, mask: torch.Tensor, alternative: torch.Tensor) -> torch.Tensor:
+    """``Phi(X, M) = X * M + A * (1 - M)``; mask (B, 1, H, W) broadcasts over channels."""
+    return x * mask + alternative * (1 - mask)
+
+
+class EvidenceRemoval:
+    """Callable Phi with a fresh alternative image at every call."""
+
+    def __init__(self, config: RemovalConfig | None = None, generator=None):
+        self.config = config or RemovalConfig()
+        self.generator = generator
+
+    def alternative(self, x: torch.Tensor) -> torch.Tensor:
+        return alternative_image(x, self.config, self.generator)
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.preserved_noise_std > 0:
+            x = x + self.config.preserved_noise_std * torch.randn(
+                x.shape, generator=self.generator, device=x.device, dtype=x.dtype
+            )
+        return apply_mask(x, mask, self.alternative(x))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: Debian's Fashion-MNIST, pinned torch, rtsal with its test extras and the
+# offline EfficientNet-Lite plugin. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+    || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded" >&2
+fi
+python -m pip install -q torch==2.14.1 torchvision==0.29.1
+python -m pip install -q -e '.[test]'
+for p in plugins/*/; do
+  [ -f "$p/pyproject.toml" ] && python -m pip install -q -e "$p"
+done
+echo "rtsal $(python -c 'import rtsal; print(rtsal.__version__)') is set up"
