@@ -8,14 +8,16 @@ plugin hooks (see ``hookspecs``).
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from rtsal.errors import RtsalError, UnknownBlackBoxError
+from rtsal.plugins import PluginWarning
 
 
 class BlackBox(nn.Module):
@@ -102,6 +104,7 @@ class BlackBox(nn.Module):
         """What a checkpoint stores to check it is used with the right black box."""
         return {
             "name": self.name,
+            "provider": self.provider,
             "num_classes": self.num_classes,
             "class_names": self.class_names,
             "mean": list(self.mean_values),
@@ -130,6 +133,7 @@ class BlackBoxEntry:
 class Registry:
     entries: dict[str, BlackBoxEntry] = field(default_factory=dict)  # name and aliases -> entry
     providers: list[Any] = field(default_factory=list)
+    provider_plugins: dict[int, str] = field(default_factory=dict)  # id(provider) -> plugin
 
     def canonical(self) -> list[BlackBoxEntry]:
         return list({id(e): e for e in self.entries.values()}.values())
@@ -160,14 +164,26 @@ def _collect_registry() -> Registry:
                 name, factory, tuple(aliases), summary, input_size, num_classes, _plugin
             )
             for key in (name, *aliases):
+                taken = reg.entries.get(key.lower())
+                if taken is not None and taken.plugin != _plugin:
+                    warnings.warn(
+                        f"black box name {key!r} from plugin {_plugin!r} is already registered "
+                        f"by {taken.plugin!r}; keeping the first",
+                        PluginWarning,
+                        stacklevel=2,
+                    )
+                    continue
                 reg.entries[key.lower()] = entry
 
         impl.function(register=register)
     for impl in pm.hook.register_black_box_providers.get_hookimpls():
 
         def register_provider(provider: Any, _plugin: str = impl.plugin_name) -> None:
-            provider.plugin = _plugin
+            for attr in ("prefix", "claims", "create", "names"):
+                if not hasattr(provider, attr):
+                    raise TypeError(f"black-box provider from {_plugin!r} has no {attr!r}")
             reg.providers.append(provider)
+            reg.provider_plugins[id(provider)] = _plugin
 
         impl.function(register=register_provider)
     return reg
@@ -238,5 +254,11 @@ def list_black_boxes(pattern: str = "*", include_providers: bool = True) -> list
     ]
     if include_providers:
         for provider in reg.providers:
-            rows += provider.listings(pat)
+            plugin = reg.provider_plugins.get(id(provider), "")
+            listings = getattr(provider, "listings", None)
+            if listings is not None:
+                rows += [replace(r, plugin=r.plugin or plugin) for r in listings(pat)]
+            else:
+                rows += [BlackBoxListing(f"{provider.prefix}:{n}", plugin, None, None, "")
+                         for n in provider.names(pat)]
     return rows

@@ -139,13 +139,31 @@ def check_black_box(meta: dict[str, Any], black_box, where: Path) -> None:
             f"{where} was trained for black box {want.get('name')!r} whose class names differ "
             f"from those of {have['name']!r}"
         )
-    if list(want.get("input_size", have["input_size"])) != list(have["input_size"]) or [
-        round(v, 4) for v in want.get("mean", have["mean"])
-    ] != [round(v, 4) for v in have["mean"]]:
+    def rounded(key: str, d: dict) -> list[float]:
+        return [round(float(v), 4) for v in d.get(key, have[key])]
+
+    if list(want.get("input_size", have["input_size"])) != list(have["input_size"]) or any(
+        rounded(k, want) != rounded(k, have) for k in ("mean", "std")
+    ):
         raise CheckpointError(
             f"{where} was trained for black box {want.get('name')!r}, whose preprocessing "
             f"differs from {have['name']!r}"
         )
+
+
+BUILTIN_PROVIDERS = ("", "timm", "user", "checkpoint")
+
+
+def _require_provider(provider: str, name: str, where: Path) -> None:
+    """A black box from a third-party plugin needs that plugin; say so rather than guess."""
+    from rtsal.plugins import get_plugin_manager
+
+    if provider in BUILTIN_PROVIDERS or get_plugin_manager().get_plugin(provider) is not None:
+        return
+    raise CheckpointError(
+        f"{where} explains black box {name!r} from plugin {provider!r}, which is not installed "
+        "(or not loaded: see RTSAL_PLUGINS / RTSAL_DISABLE_PLUGIN_AUTOLOAD)"
+    )
 
 
 def load_masker(path: str | Path, black_box=None, *, device: str | torch.device = "cpu"):
@@ -166,6 +184,7 @@ def load_masker(path: str | Path, black_box=None, *, device: str | torch.device 
         name = bb.get("name")
         if not name:
             raise CheckpointError(f"{where}: does not name its black box")
+        _require_provider(bb.get("provider", ""), name, where)
         black_box = create_black_box(name, **meta.get("black_box_options", {}))
     check_black_box(meta, black_box, where)
     model = MaskingModel(config, build_encoder(config, black_box))

@@ -289,3 +289,22 @@ def load_classifier(path: str | Path):
         provider="checkpoint",
         source=str(where.resolve()),
     )
+
+
+@torch.inference_mode()
+def black_box_accuracy(box, loader, device: torch.device | str = "cpu",
+                       progress=None) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of any black box on a labelled loader."""
+    box.eval()
+    top1 = top5 = total = 0
+    task = progress.add_task("accuracy", total=len(loader)) if progress else None
+    for x, y in loader:
+        logits = box(x.to(device)).cpu()
+        k = min(5, logits.shape[1])
+        best = logits.topk(k, dim=1).indices
+        top1 += int((best[:, 0] == y).sum())
+        top5 += int((best == y[:, None]).any(dim=1).sum())
+        total += len(y)
+        if progress:
+            progress.update(task, advance=1)
+    return {"images": total, "top1": top1 / max(total, 1), "top5": top5 / max(total, 1)}

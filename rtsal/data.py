@@ -174,11 +174,11 @@ _SYNSET = re.compile(r"^(n\d{8})")
 
 
 def _label_for(name: str, resolver: ClassResolver) -> int | None:
-    candidates = [name]
+    candidates = [] if name.isdigit() else [name]
     m = _SYNSET.match(name)
     if m:
         candidates.append(m.group(1))
-    if "_" in name:
+    if "_" in name and not name.split("_", 1)[1].isdigit():  # IMG_0001 is not class 1
         candidates.append(name.split("_", 1)[1])
     for c in candidates:
         try:
@@ -315,6 +315,8 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DataError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):

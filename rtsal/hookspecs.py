@@ -30,7 +30,8 @@ def register_black_box_providers(register: Any) -> None:
 
     Call ``register(provider)`` with an object that has ``prefix: str`` (``"timm"`` answers to
     ``timm:NAME``), ``claims(name) -> bool`` for unprefixed names it recognises,
-    ``create(name, **options) -> BlackBox`` and ``names(pattern) -> list[str]`` for listings.
+    ``create(name, **options) -> BlackBox`` and ``names(pattern) -> list[str]`` for listings;
+    optionally ``listings(pattern) -> list[BlackBoxListing]`` for richer rows.
     """
 
 

@@ -33,16 +33,30 @@ def _root(
     """Real-time saliency for black-box image classifiers (Dabkowski & Gal, 2017)."""
 
 
+_registered = False
+
+
+def _register_commands() -> None:
+    """Built-in commands, then plugins' commands; once per process."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    _register_builtin_commands()
+    _register_plugin_commands()
+
+
 def _register_builtin_commands() -> None:
-    from rtsal.cli import blackboxes, classifier, train
+    from rtsal.cli import blackboxes, classifier, evaluate, train
 
     train.register(app)
     classifier.register(app)
+    evaluate.register(app)
     blackboxes.register(app)
 
 
 def _register_plugin_commands() -> None:
-    from rtsal.plugins import get_plugin_manager
+    from rtsal.plugins import PluginWarning, get_plugin_manager
 
     pm = get_plugin_manager()
     for impl in pm.hook.register_commands.get_hookimpls():
@@ -50,7 +64,7 @@ def _register_plugin_commands() -> None:
             impl.function(app=app)
         except Exception as exc:
             warnings.warn(f"plugin {impl.plugin_name!r} failed to add its commands: {exc}",
-                          stacklevel=1)
+                          PluginWarning, stacklevel=1)
 
 
 def _format_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -64,8 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _format_warning
     warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
     try:
-        _register_builtin_commands()
-        _register_plugin_commands()
+        _register_commands()
         app(args=argv, prog_name="rtsal")
     except RtsalError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,5 +50,43 @@ def train_classifier_cmd(
                    f"{result.steps} steps in {result.train_seconds:.0f} s")
 
 
+@classifier_app.command("evaluate")
+def evaluate_classifier_cmd(
+    blackbox: Annotated[str, typer.Option("--blackbox", "-b", help="Any black-box name.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Image folder (class sub-folders or "
+                                      "synset-named files), cifar10 or fashion-mnist.")],
+    data_root: Annotated[Optional[str], typer.Option(help="Local copy of a named data set.")
+                         ] = None,
+    split: Annotated[str, typer.Option(help="train or test (named sets).")] = "test",
+    weights: Annotated[Optional[Path], typer.Option(help="Black-box weights file.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    workers: Annotated[int, typer.Option(help="Data-loading workers.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Top-1 / top-5 accuracy of a black box, with its own preprocessing."""
+    from rtsal.blackbox import create_black_box
+    from rtsal.classes import ClassResolver
+    from rtsal.classifier import black_box_accuracy
+    from rtsal.data import make_loader, open_dataset
+    from rtsal.device import resolve_device
+
+    dev = resolve_device(device)
+    box = create_black_box(blackbox, weights=str(weights) if weights else None).to(dev)
+    ds = open_dataset(data, split=split, size=box.input_size, data_root=data_root,
+                      resolver=ClassResolver.for_black_box(box), interpolation=box.interpolation,
+                      crop_pct=box.crop_pct, channels=box.in_channels, limit=limit)
+    with progress_bar() as progress:
+        res = black_box_accuracy(box, make_loader(ds, batch_size, shuffle=False, workers=workers),
+                                 dev, progress)
+    res = {"blackbox": box.name, "data": data, **res}
+    if json_out:
+        typer.echo(json.dumps(res))
+    else:
+        typer.echo(f"{box.name} on {data}: top-1 {100 * res['top1']:.2f} %, "
+                   f"top-5 {100 * res['top5']:.2f} % ({res['images']} images)")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(classifier_app, name="classifier")

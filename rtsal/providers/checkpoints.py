@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 from rtsal import hookimpl
-from rtsal.blackbox import BlackBox, BlackBoxListing
+from rtsal.blackbox import BlackBox
 from rtsal.checkpoint import META_NAME
 
 
 class ClassifierCheckpointProvider:
     prefix = "ckpt"
-    plugin = ""
 
     def claims(self, name: str) -> bool:
         p = Path(name).expanduser()
@@ -30,9 +29,6 @@ class ClassifierCheckpointProvider:
         return load_classifier(name)
 
     def names(self, pattern: str) -> list[str]:
-        return []
-
-    def listings(self, pattern: str) -> list[BlackBoxListing]:
         return []
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import os
+import socket
+from contextlib import contextmanager
 from functools import lru_cache
 
 from rtsal import hookimpl
@@ -39,6 +42,33 @@ def imagenet_classes() -> tuple[list[str], list[tuple[str, ...]]]:
     return names, synonyms
 
 
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the weights hub answers; decided in seconds rather than after minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline(offline: bool):
+    """Let timm use only weights already in the local cache when the hub is unreachable."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hc
+
+    old = hc.HF_HUB_OFFLINE
+    hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hc.HF_HUB_OFFLINE = old
+
+
 def timm_black_box(
     model_name: str,
     *,
@@ -59,13 +89,15 @@ def timm_black_box(
         net = timm.create_model(model_name, pretrained=False)
         load_into(net, load_state_dict(weights), weights, by_order=weights_by_order)
     elif pretrained:
+        online = hub_reachable()
         try:
-            net = timm.create_model(model_name, pretrained=True)
+            with _hub_offline(not online):
+                net = timm.create_model(model_name, pretrained=True)
         except Exception as exc:
+            why = "no connection to the model hub" if not online else type(exc).__name__
             raise WeightsUnavailableError(
-                f"cannot get pretrained weights for {model_name!r} "
-                f"({type(exc).__name__}; offline?): pass --weights FILE, or --no-pretrained "
-                "for random weights"
+                f"cannot get pretrained weights for {model_name!r} ({why}): pass "
+                "--weights FILE, or --no-pretrained for random weights"
             ) from None
     else:
         net = timm.create_model(model_name, pretrained=False)
@@ -95,7 +127,6 @@ def timm_black_box(
 
 class TimmProvider:
     prefix = "timm"
-    plugin = ""
 
     def claims(self, name: str) -> bool:
         import timm
@@ -112,7 +143,7 @@ class TimmProvider:
         pre = _pretrained_names()
         return [
             BlackBoxListing(
-                f"timm:{n}", self.plugin, None, None,
+                f"timm:{n}", "", None, None,
                 "timm model" + (" (ImageNet weights online)" if n in pre else ""),
             )
             for n in self.names(pattern)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from rtsal import hookimpl
-from rtsal.blackbox import BlackBox, BlackBoxListing
+from rtsal._weights import load_into, load_state_dict
+from rtsal.blackbox import BlackBox
 from rtsal.errors import RtsalError
 
 _SPEC = re.compile(r"^(?P<target>[^:]+(?:\.py)?):(?P<attr>[A-Za-z_][A-Za-z0-9_]*)$")
@@ -66,10 +67,13 @@ def wrap_module(net: nn.Module, name: str, provider: str = "user") -> BlackBox:
     )
 
 
-def user_black_box(spec: str, **options: object) -> BlackBox:
+def user_black_box(spec: str, *, weights: str | None = None, **options: object) -> BlackBox:
+    """Call the factory ``spec`` names; ``weights`` (a file) is loaded into what it returns."""
     m = _SPEC.match(spec)
     if not m:
         raise RtsalError(f"user black box must look like file.py:factory or pkg.module:factory: {spec}")
+    if m["target"].endswith(".py"):  # a checkpoint must find the file from anywhere
+        spec = f"{Path(m['target']).expanduser().resolve()}:{m['attr']}"
     module = _import_target(m["target"])
     factory = getattr(module, m["attr"], None)
     if not callable(factory):
@@ -80,15 +84,19 @@ def user_black_box(spec: str, **options: object) -> BlackBox:
         raise RtsalError(f"black box factory {spec} failed: {type(exc).__name__}: {exc}") from None
     if isinstance(made, BlackBox):
         made.name = made.name or spec
-        return made
-    if isinstance(made, nn.Module):
-        return wrap_module(made, spec)
-    raise RtsalError(f"{spec} returned {type(made).__name__}, not a BlackBox or nn.Module")
+        box = made
+    elif isinstance(made, nn.Module):
+        box = wrap_module(made, spec)
+    else:
+        raise RtsalError(f"{spec} returned {type(made).__name__}, not a BlackBox or nn.Module")
+    if weights:
+        load_into(box.network, load_state_dict(weights), str(weights))
+        box.source = str(weights)
+    return box
 
 
 class UserCodeProvider:
     prefix = "user"
-    plugin = ""
 
     def claims(self, name: str) -> bool:
         m = _SPEC.match(name)
@@ -98,13 +106,9 @@ class UserCodeProvider:
         return target.endswith(".py") or bool(re.fullmatch(r"[\w.]+", target))
 
     def create(self, name: str, **options: object) -> BlackBox:
-        box = user_black_box(name, **options)
-        return box
+        return user_black_box(name, **options)
 
     def names(self, pattern: str) -> list[str]:
-        return []
-
-    def listings(self, pattern: str) -> list[BlackBoxListing]:
         return []
 
 

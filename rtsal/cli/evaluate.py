@@ -1,0 +1,82 @@
+"""``rtsal evaluate``: quality of a trained masking model on a labelled data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rtsal.cli._console import err, progress_bar
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Masking-model checkpoint directory.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Image folder, or cifar10 / "
+                                      "fashion-mnist.")],
+    data_root: Annotated[Optional[str], typer.Option(help="Local copy of a named data set.")
+                         ] = None,
+    blackbox: Annotated[Optional[str], typer.Option("--blackbox", "-b", help="Use this black "
+                        "box instead of the one the checkpoint names (checked for a match).")
+                        ] = None,
+    split: Annotated[str, typer.Option(help="train or test (named sets).")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 100,
+    grid: Annotated[int, typer.Option(help="Images in the Figure-6 grid (0: none).")] = 20,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json and "
+                   "grid.png here.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Accuracy, f_c on preserved/destroyed images and mask areas for true and fake classes."""
+    from rtsal.checkpoint import load_masker, prepare_out_dir
+    from rtsal.classes import ClassResolver
+    from rtsal.data import make_loader, open_dataset
+    from rtsal.device import resolve_device
+    from rtsal.evaluate import evaluate_masker
+    from rtsal.objective import ObjectiveConfig
+    from rtsal.visualize import figure6_grid
+
+    out_dir = prepare_out_dir(out) if out else None
+    dev = resolve_device(device)
+    from rtsal.blackbox import create_black_box
+
+    box = create_black_box(blackbox) if blackbox else None
+    model, box, meta = load_masker(checkpoint, box, device=dev)
+    ds = open_dataset(data, split=split, size=box.input_size, resolver=ClassResolver.for_black_box(
+        box), data_root=data_root, interpolation=box.interpolation, crop_pct=box.crop_pct,
+        channels=box.in_channels, limit=limit, seed=seed)
+    removal = ObjectiveConfig.from_dict(
+        {k: v for k, v in meta.get("objective", {}).items() if k != "preset"}).removal
+    loader = make_loader(ds, batch_size, shuffle=False)
+    with progress_bar() as progress:
+        report, first = evaluate_masker(model, box, loader, removal=removal, seed=seed,
+                                        device=dev, progress=progress)
+    result = {"checkpoint": str(checkpoint), "data": data, "split": split, **report.to_dict()}
+    if out_dir is not None:
+        if grid > 0:
+            n = min(grid, first["images"].shape[0])
+            names = [box.class_names[i] for i in first["labels"][:n].tolist()]
+            figure6_grid(first["images"][:n], first["masks"][:n], names).save(out_dir / "grid.png")
+            result["grid"] = str(out_dir / "grid.png")
+        (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    r = report
+    typer.echo(
+        f"{r.images} images: accuracy {100 * r.accuracy:.2f} %\n"
+        f"  f_c(X) {r.p_image:.3f}   f_c(Phi(X,M)) {r.p_preserved:.3f}   "
+        f"f_c(Phi(X,1-M)) {r.p_destroyed:.3f}\n"
+        f"  f_c(X*M) {r.p_image_times_mask:.3f}   f_c(X*(1-M)) {r.p_image_times_inverse:.3f}\n"
+        f"  mask area: true class {r.area_true:.3f} (median {r.area_true_median:.3f}), "
+        f"fake class {r.area_fake:.3f} (median {r.area_fake_median:.3f})"
+    )
+    if out_dir is not None:
+        err.print(f"wrote {out_dir / 'report.json'}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,42 @@
+"""Helpers shared by the CLI tests: run rtsal in a subprocess and read what it printed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+
+def run_rtsal(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> Run:
+    full_env = {**os.environ, "RTSAL_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
+    p = subprocess.run(
+        [sys.executable, "-m", "rtsal", *map(str, args)],
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
+    )
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+def assert_one_line_error(run: Run, *fragments: str) -> None:
+    """Non-zero exit, no traceback, exactly one 'error:' line naming every fragment."""
+    assert run.code != 0, run.stdout
+    assert "Traceback" not in run.stderr, run.stderr
+    errors = [ln for ln in run.error_lines if ln.startswith("error:")]
+    assert len(errors) == 1, run.stderr
+    for f in fragments:
+        assert f.lower() in errors[0].lower(), errors[0]
