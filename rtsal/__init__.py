@@ -14,6 +14,7 @@ from rtsal.blackbox import (  # noqa: E402
     is_black_box,
     list_black_boxes,
 )
+from rtsal._weights import load_state_dict  # noqa: E402
 from rtsal.classes import ClassResolver  # noqa: E402
 from rtsal.errors import RtsalError  # noqa: E402
 
@@ -26,4 +27,14 @@ __all__ = [
     "create_black_box",
     "is_black_box",
     "list_black_boxes",
+    "load_state_dict",
+    "timm_black_box",
 ]
+
+
+def __getattr__(name: str):
+    if name == "timm_black_box":  # imported lazily: it pulls in timm
+        from rtsal.providers.timm_provider import timm_black_box
+
+        return timm_black_box
+    raise AttributeError(f"module 'rtsal' has no attribute {name!r}")

@@ -22,6 +22,7 @@ DEFAULT_PLUGINS = (
     "rtsal.providers.timm_provider",
     "rtsal.providers.user_code",
     "rtsal.providers.checkpoints",
+    "rtsal.explainers",
 )
 
 

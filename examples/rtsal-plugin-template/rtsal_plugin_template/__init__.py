@@ -7,12 +7,11 @@ functions below marked with ``@rtsal.hookimpl`` (see ``rtsal.hookspecs`` for eve
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 import typer
-from rtsal import BlackBox, hookimpl
+from rtsal import BlackBox, hookimpl, load_state_dict
 from rtsal.errors import CheckpointError
 from torch import nn
 
@@ -44,18 +43,13 @@ class TinyNet(nn.Module):
 
 
 def _load_weights(net: nn.Module, weights: str) -> None:
-    """Load a safetensors file or a plain tensor file (never pickled code) into ``net``."""
-    path = Path(weights)
+    """Load a safetensors or plain tensor file (``rtsal.load_state_dict`` never unpickles code)."""
+    state = load_state_dict(weights)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
-    except Exception as exc:  # missing, corrupt, pickled payload or wrong shapes
-        raise CheckpointError(f"cannot load {weights} into {BLACK_BOX_NAME}: {exc}") from None
+    except RuntimeError as exc:  # wrong shapes or names
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"cannot load {weights} into {BLACK_BOX_NAME}: {first}") from None
 
 
 def create_tinynet(*, pretrained: bool = True, weights: str | None = None, **_: Any) -> BlackBox:

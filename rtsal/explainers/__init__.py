@@ -1,0 +1,51 @@
+"""Built-in explanation methods, registered through the same hook as third-party ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rtsal import hookimpl
+from rtsal.errors import RtsalError
+
+
+class MaskingModelMethod:
+    """The real-time masking model: one forward pass per image and class."""
+
+    def __init__(self, black_box: Any, checkpoint: str | None = None, model: Any = None,
+                 **_: Any):
+        from rtsal.checkpoint import load_masker
+
+        if model is None:
+            if checkpoint is None:
+                raise RtsalError("the masking-model method needs a checkpoint")
+            model, black_box, _meta = load_masker(checkpoint, black_box)
+        self.model = model.eval()
+        self.black_box = black_box
+
+    @torch.inference_mode()
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.model(images, classes).mask
+
+
+class CentreBoxMethod:
+    """Baseline: a centred box of half the image area, whatever the class."""
+
+    def __init__(self, black_box: Any = None, fraction: float = 0.5, **_: Any):
+        self.fraction = fraction
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = images.shape
+        s = self.fraction**0.5
+        h, w = round(H * s), round(W * s)
+        top, left = (H - h) // 2, (W - w) // 2
+        masks = images.new_zeros(B, 1, H, W)
+        masks[:, :, top : top + h, left : left + w] = 1
+        return masks
+
+
+@hookimpl
+def register_methods(register):
+    register("masker", MaskingModelMethod, summary="real-time masking model (this paper)")
+    register("centre-box", CentreBoxMethod, summary="centred box of half the image area")
