@@ -8,13 +8,13 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("rtsal")
 
+from rtsal._weights import load_state_dict  # noqa: E402
 from rtsal.blackbox import (  # noqa: E402
     BlackBox,
     create_black_box,
     is_black_box,
     list_black_boxes,
 )
-from rtsal._weights import load_state_dict  # noqa: E402
 from rtsal.classes import ClassResolver  # noqa: E402
 from rtsal.errors import RtsalError  # noqa: E402
 

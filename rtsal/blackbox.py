@@ -259,6 +259,8 @@ def list_black_boxes(pattern: str = "*", include_providers: bool = True) -> list
             if listings is not None:
                 rows += [replace(r, plugin=r.plugin or plugin) for r in listings(pat)]
             else:
-                rows += [BlackBoxListing(f"{provider.prefix}:{n}", plugin, None, None, "")
-                         for n in provider.names(pat)]
+                rows += [
+                    BlackBoxListing(f"{provider.prefix}:{n}", plugin, None, None, "")
+                    for n in provider.names(pat)
+                ]
     return rows

@@ -52,7 +52,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_checkpoint(
-    out: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any], *,
+    out: str | Path,
+    state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    *,
     weights_name: str = MASKER_WEIGHTS,
 ) -> Path:
     """Write weights then the JSON side-car, each atomically (temp file + rename)."""
@@ -106,8 +109,15 @@ def read_checkpoint(
     return sd, meta, where
 
 
-def masker_meta(model, black_box, *, training: dict[str, Any], final_losses: dict[str, float],
-                objective: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def masker_meta(
+    model,
+    black_box,
+    *,
+    training: dict[str, Any],
+    final_losses: dict[str, float],
+    objective: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "format": MASKER_FORMAT,
         "rtsal_version": __version__,
@@ -139,6 +149,7 @@ def check_black_box(meta: dict[str, Any], black_box, where: Path) -> None:
             f"{where} was trained for black box {want.get('name')!r} whose class names differ "
             f"from those of {have['name']!r}"
         )
+
     def rounded(key: str, d: dict) -> list[float]:
         return [round(float(v), 4) for v in d.get(key, have[key])]
 
@@ -172,7 +183,12 @@ def load_masker(path: str | Path, black_box=None, *, device: str | torch.device 
     Returns ``(model, black_box, meta)``.
     """
     from rtsal.blackbox import create_black_box
-    from rtsal.model import MaskerConfig, MaskingModel, build_encoder
+    from rtsal.model import (
+        MaskerConfig,
+        MaskingModel,
+        build_encoder,
+        init_embedding_from_classifier,
+    )
 
     sd, meta, where = read_checkpoint(path, expected_format=MASKER_FORMAT)
     try:
@@ -188,6 +204,8 @@ def load_masker(path: str | Path, black_box=None, *, device: str | torch.device 
         black_box = create_black_box(name, **meta.get("black_box_options", {}))
     check_black_box(meta, black_box, where)
     model = MaskingModel(config, build_encoder(config, black_box))
+    if config.embedding == "classifier-tied":  # class vectors are the black box's own rows
+        init_embedding_from_classifier(model, black_box)
     expected = model.trainable_state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]

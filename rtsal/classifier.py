@@ -52,9 +52,11 @@ class ResNet9(nn.Module):
         w = width
         self.features = nn.Sequential(
             _conv_bn(in_channels, w),
-            _conv_bn(w, 2 * w, pool=True), _Residual(2 * w),
+            _conv_bn(w, 2 * w, pool=True),
+            _Residual(2 * w),
             _conv_bn(2 * w, 4 * w, pool=True),
-            _conv_bn(4 * w, 8 * w, pool=True), _Residual(8 * w),
+            _conv_bn(4 * w, 8 * w, pool=True),
+            _Residual(8 * w),
         )
         self.fc = nn.Linear(8 * w, num_classes, bias=False)
         self.logit_scale = 0.125  # keeps initial logits small
@@ -172,8 +174,15 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     channels = 1 if named == "fashion-mnist" else 3
-    train_ds = open_dataset(named, split="train", train=True, data_root=cfg.data_root,
-                            channels=channels, limit=cfg.limit, seed=cfg.seed)
+    train_ds = open_dataset(
+        named,
+        split="train",
+        train=True,
+        data_root=cfg.data_root,
+        channels=channels,
+        limit=cfg.limit,
+        seed=cfg.seed,
+    )
     test_ds = open_dataset(named, split="test", data_root=cfg.data_root, channels=channels)
     size = tuple(train_ds.images.shape[-2:])
     class_names = named_class_names(named)
@@ -184,21 +193,31 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
     norm_mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     norm_std = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
-    loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                         workers=cfg.workers, drop_last=True)
+    loader = make_loader(
+        train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, drop_last=True
+    )
     steps_per_epoch = len(loader)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay,
-                                                               "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=0.9, nesterov=True,
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        momentum=0.9,
+        nesterov=True,
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25, anneal_strategy="linear",
-        div_factor=10, final_div_factor=100,
+        opt,
+        max_lr=cfg.lr,
+        total_steps=total,
+        pct_start=0.25,
+        anneal_strategy="linear",
+        div_factor=10,
+        final_div_factor=100,
     )
     history: list[dict[str, float]] = []
     step, t0 = 0, time.time()
@@ -207,7 +226,8 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
     while step < total:
         for x, y in loader:
             x = ((x.to(device) - norm_mean) / norm_std).contiguous(
-                memory_format=torch.channels_last)
+                memory_format=torch.channels_last
+            )
             loss = F.cross_entropy(model(x), y.to(device), label_smoothing=cfg.label_smoothing)
             if not math.isfinite(loss.item()):
                 raise RtsalError(f"classifier training diverged at step {step} (lr {cfg.lr})")
@@ -217,8 +237,14 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
             sched.step()
             step += 1
             if step % 20 == 0 or step == total:
-                history.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                                "seconds": time.time() - t0})
+                history.append(
+                    {
+                        "step": step,
+                        "loss": loss.item(),
+                        "lr": sched.get_last_lr()[0],
+                        "seconds": time.time() - t0,
+                    }
+                )
             if progress:
                 progress.update(task, advance=1, description=f"classifier loss {loss.item():.3f}")
             if step >= total:
@@ -260,8 +286,12 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
 def save_classifier(model: nn.Module, meta: dict[str, Any], out: Path) -> None:
     from rtsal.checkpoint import write_checkpoint
 
-    write_checkpoint(out, {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                     meta, weights_name="classifier.safetensors")
+    write_checkpoint(
+        out,
+        {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        meta,
+        weights_name="classifier.safetensors",
+    )
 
 
 def load_classifier(path: str | Path):
@@ -269,15 +299,19 @@ def load_classifier(path: str | Path):
     from rtsal.blackbox import BlackBox
     from rtsal.checkpoint import read_checkpoint
 
-    sd, meta, where = read_checkpoint(path, expected_format=CLASSIFIER_FORMAT,
-                                      weights_name="classifier.safetensors")
+    sd, meta, where = read_checkpoint(
+        path, expected_format=CLASSIFIER_FORMAT, weights_name="classifier.safetensors"
+    )
     try:
-        net = build_classifier(meta["arch"], meta["num_classes"], meta["in_channels"],
-                               meta["width"])
+        net = build_classifier(
+            meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"]
+        )
         net.load_state_dict(sd)
     except (KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{where}: weights do not match the described classifier "
-                              f"({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{where}: weights do not match the described classifier "
+            f"({str(exc).splitlines()[0][:160]})"
+        ) from None
     return BlackBox(
         net,
         name=str(where.resolve()),
@@ -292,8 +326,9 @@ def load_classifier(path: str | Path):
 
 
 @torch.inference_mode()
-def black_box_accuracy(box, loader, device: torch.device | str = "cpu",
-                       progress=None) -> dict[str, float]:
+def black_box_accuracy(
+    box, loader, device: torch.device | str = "cpu", progress=None
+) -> dict[str, float]:
     """Top-1 and top-5 accuracy of any black box on a labelled loader."""
     box.eval()
     top1 = top5 = total = 0

@@ -28,11 +28,28 @@ from rtsal.errors import DataError, RtsalError
 from rtsal.images import IMAGE_EXTENSIONS, load_image, pil_to_tensor
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 NAMED_SETS = ("cifar10", "fashion-mnist")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -59,7 +76,9 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True) -> torch.Tens
         j = torch.randint(0, 2 * pad + 1, (B,))
         rows = (i[:, None] + torch.arange(H))[:, None, :, None]  # (B, 1, H, 1)
         cols = (j[:, None] + torch.arange(W))[:, None, None, :]  # (B, 1, 1, W)
-        x = xp[torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None], rows, cols]
+        x = xp[
+            torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None], rows, cols
+        ]
     if flip:
         f = torch.rand(B) < 0.5
         x = torch.where(f[:, None, None, None], x.flip(-1), x)
@@ -115,13 +134,16 @@ class TensorImageDataset(Dataset):
 def _pil_transform(size: tuple[int, int], train: bool, interpolation: str, crop_pct: float):
     from torchvision import transforms as T
 
-    interp = T.InterpolationMode(interpolation if interpolation in ("bilinear", "bicubic",
-                                                                    "nearest") else "bilinear")
+    interp = T.InterpolationMode(
+        interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+    )
     if train:
-        return T.Compose([
-            T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp),
-            T.RandomHorizontalFlip(),
-        ])
+        return T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp),
+                T.RandomHorizontalFlip(),
+            ]
+        )
     resize = [int(round(s / max(crop_pct, 1e-3))) for s in size]
     return T.Compose([T.Resize(min(resize), interpolation=interp), T.CenterCrop(size)])
 
@@ -363,8 +385,12 @@ class DataSpec:
     @property
     def named(self) -> str | None:
         key = self.spec.lower().replace("_", "-")
-        return {"cifar10": "cifar10", "cifar-10": "cifar10", "fashion-mnist": "fashion-mnist",
-                "fashionmnist": "fashion-mnist"}.get(key)
+        return {
+            "cifar10": "cifar10",
+            "cifar-10": "cifar10",
+            "fashion-mnist": "fashion-mnist",
+            "fashionmnist": "fashion-mnist",
+        }.get(key)
 
 
 def named_class_names(name: str) -> tuple[str, ...]:

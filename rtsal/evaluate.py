@@ -39,15 +39,22 @@ def _p(box, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate_masker(
-    model, black_box, loader, *, removal: RemovalConfig | None = None, seed: int = 0,
-    device: torch.device | str = "cpu", progress=None,
+    model,
+    black_box,
+    loader,
+    *,
+    removal: RemovalConfig | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress=None,
 ) -> tuple[MaskerReport, dict[str, torch.Tensor]]:
-    """Evaluate over ``loader``; also returns the first batch (images, masks, labels) for pictures."""
+    """Evaluate over ``loader``; also returns the first batch (images, masks, labels)."""
     gen = torch.Generator().manual_seed(seed)
     phi = EvidenceRemoval(removal or RemovalConfig(), generator=gen)
     model.eval()
-    cols: dict[str, list[torch.Tensor]] = {k: [] for k in (
-        "correct", "p", "keep", "drop", "keep_mul", "drop_mul", "area", "area_fake")}
+    cols: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("correct", "p", "keep", "drop", "keep_mul", "drop_mul", "area", "area_fake")
+    }
     first: dict[str, torch.Tensor] = {}
     task = progress.add_task("evaluate", total=len(loader)) if progress else None
     K = black_box.num_classes
@@ -69,8 +76,7 @@ def evaluate_masker(
         cols["area"].append(m.flatten(1).mean(1).cpu())
         cols["area_fake"].append(m_fake.flatten(1).mean(1).cpu())
         if not first:
-            first = {"images": xc, "masks": m.cpu(), "labels": y.cpu(),
-                     "probs": cols["p"][-1]}
+            first = {"images": xc, "masks": m.cpu(), "labels": y.cpu(), "probs": cols["p"][-1]}
         if progress:
             progress.update(task, advance=1)
     c = {k: torch.cat(v) for k, v in cols.items()}

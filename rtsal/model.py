@@ -153,8 +153,9 @@ class FeatureFilter(nn.Module):
         super().__init__()
         self.tied = tied
         if tied:
-            self.register_buffer("weight", torch.zeros(num_classes, channels))
-            self.register_buffer("bias", torch.zeros(num_classes))
+            # copied from the black box on every build, so not stored in checkpoints
+            self.register_buffer("weight", torch.zeros(num_classes, channels), persistent=False)
+            self.register_buffer("bias", torch.zeros(num_classes), persistent=False)
             self.scale = nn.Parameter(torch.tensor(1.0))
             self.shift = nn.Parameter(torch.tensor(0.0))
         else:
@@ -180,10 +181,14 @@ class Bottleneck(nn.Module):
         super().__init__()
         mid = max(c_out // 4, 8)
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid),
+            nn.Conv2d(c_in, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
             nn.ReLU(inplace=True),
-            nn.Conv2d(mid, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
         )
         self.shortcut = (
             nn.Identity()
@@ -201,7 +206,7 @@ class UpsamplerBlock(nn.Module):
     def __init__(self, c_in: int, c_skip: int, c_out: int, bottlenecks: int):
         super().__init__()
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=False),
+            nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2, bias=False),  # x2, no overlap
             nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True),
         )
@@ -240,7 +245,9 @@ class MaskingModel(nn.Module):
         self.config = config
         self.encoder = encoder
         self.filter = FeatureFilter(
-            config.num_classes, encoder.coarsest_channels, tied=config.embedding == "classifier-tied"
+            config.num_classes,
+            encoder.coarsest_channels,
+            tied=config.embedding == "classifier-tied",
         )
         # upsample from the coarsest stride down to the head's stride, one block per x2
         steps, stride = [], encoder.coarsest_stride

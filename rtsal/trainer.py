@@ -164,9 +164,17 @@ class Trainer:
         self.resolver = ClassResolver.for_black_box(box)
         size = (cfg.image_size, cfg.image_size) if cfg.image_size else box.input_size
         self.dataset = open_dataset(
-            cfg.data, split="train", size=size, train=True, resolver=self.resolver,
-            data_root=cfg.data_root, interpolation=box.interpolation, crop_pct=box.crop_pct,
-            channels=box.in_channels, limit=cfg.limit, seed=cfg.seed,
+            cfg.data,
+            split="train",
+            size=size,
+            train=True,
+            resolver=self.resolver,
+            data_root=cfg.data_root,
+            interpolation=box.interpolation,
+            crop_pct=box.crop_pct,
+            channels=box.in_channels,
+            limit=cfg.limit,
+            seed=cfg.seed,
         )
         ds_names = getattr(self.dataset, "class_names", None)
         if ds_names is not None and len(ds_names) != box.num_classes:
@@ -183,9 +191,13 @@ class Trainer:
         self.model_config = masker_config_for(cfg, box)
         self.model: MaskingModel = build_masking_model(self.model_config, box)
         self.objective_config: ObjectiveConfig = objective_preset(
-            cfg.preset, tv_weight=cfg.tv_weight, area_weight=cfg.area_weight,
-            preserve_weight=cfg.preserve_weight, destroy_weight=cfg.destroy_weight,
-            destroy_power=cfg.destroy_power, embed_weight=cfg.embed_weight,
+            cfg.preset,
+            tv_weight=cfg.tv_weight,
+            area_weight=cfg.area_weight,
+            preserve_weight=cfg.preserve_weight,
+            destroy_weight=cfg.destroy_weight,
+            destroy_power=cfg.destroy_power,
+            embed_weight=cfg.embed_weight,
         )
         self.model.to(self.device)
         self.black_box.to(self.device)
@@ -193,7 +205,11 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.loader = make_loader(
-            self.dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers,
+            self.dataset,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            workers=cfg.workers,
             drop_last=len(self.dataset) >= cfg.batch_size,
         )
         per_epoch = max(1, len(self.loader))
@@ -225,8 +241,11 @@ class Trainer:
         x, labels = x.to(self.device, non_blocking=True), labels.to(self.device)
         classes, is_real = classes.to(self.device), is_real.to(self.device)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
             out = self.model(x, classes)
             terms: LossTerms = self.objective(x, out, classes, labels, is_real)
         if not torch.isfinite(terms.total):
@@ -244,13 +263,15 @@ class Trainer:
         area = out.mask.detach().flatten(1).mean(1)
         metrics = terms.as_floats()
         metrics["mask_area_real"] = float(area[is_real].mean()) if is_real.any() else float("nan")
-        metrics["mask_area_fake"] = float(area[~is_real].mean()) if (~is_real).any() else float(
-            "nan")
+        metrics["mask_area_fake"] = (
+            float(area[~is_real].mean()) if (~is_real).any() else float("nan")
+        )
         return metrics
 
     # ---------------------------------------------------------------- the loop
-    def fit(self, on_step: Callable[[int, int, dict[str, float]], None] | None = None
-            ) -> TrainResult:
+    def fit(
+        self, on_step: Callable[[int, int, dict[str, float]], None] | None = None
+    ) -> TrainResult:
         cfg = self.cfg
         log_path = self.out / "train_log.jsonl"
         history: list[dict[str, float]] = []
@@ -265,8 +286,9 @@ class Trainer:
                         metrics = self.train_step(x, y)
                         if metrics is None:
                             bad_in_row += 1
-                            warnings.warn(f"step {self.step}: non-finite loss, step skipped",
-                                          stacklevel=1)
+                            warnings.warn(
+                                f"step {self.step}: non-finite loss, step skipped", stacklevel=1
+                            )
                             if bad_in_row >= cfg.max_bad_steps:
                                 raise RtsalError(
                                     f"training diverged: {bad_in_row} non-finite losses in a row "
@@ -275,9 +297,12 @@ class Trainer:
                             continue
                         bad_in_row = 0
                         self.step += 1
-                        metrics.update(step=self.step, epoch=epoch,
-                                       lr=self.scheduler.get_last_lr()[0],
-                                       seconds=round(time.time() - t0, 3))
+                        metrics.update(
+                            step=self.step,
+                            epoch=epoch,
+                            lr=self.scheduler.get_last_lr()[0],
+                            seconds=round(time.time() - t0, 3),
+                        )
                         history.append(metrics)
                         log.write(json.dumps(metrics) + "\n")
                         log.flush()
@@ -291,9 +316,16 @@ class Trainer:
         seconds = time.time() - t0
         final = summarise(history[-50:])
         save_masker(
-            self.out, self.model, self.black_box,
-            training={**cfg.to_dict(), "steps_done": self.step, "seconds": round(seconds, 1),
-                      "interrupted": interrupted, "train_images": len(self.dataset)},
+            self.out,
+            self.model,
+            self.black_box,
+            training={
+                **cfg.to_dict(),
+                "steps_done": self.step,
+                "seconds": round(seconds, 1),
+                "interrupted": interrupted,
+                "train_images": len(self.dataset),
+            },
             final_losses=final,
             objective={"preset": cfg.preset, **self.objective_config.to_dict()},
             extra={"black_box_options": self.black_box_options()},

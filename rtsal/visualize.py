@@ -14,8 +14,9 @@ from rtsal.images import tensor_to_pil
 def heatmap(mask: torch.Tensor) -> np.ndarray:
     """(H, W) in [0, 1] -> (H, W, 3) uint8 with a perceptual blue-yellow-red ramp."""
     m = mask.detach().float().clamp(0, 1).cpu().numpy()
-    stops = np.array([[0.0, 0.0, 0.3], [0.0, 0.4, 1.0], [0.2, 0.9, 0.6], [1.0, 0.9, 0.0],
-                      [0.9, 0.1, 0.0]])
+    stops = np.array(
+        [[0.0, 0.0, 0.3], [0.0, 0.4, 1.0], [0.2, 0.9, 0.6], [1.0, 0.9, 0.0], [0.9, 0.1, 0.0]]
+    )
     pos = m * (len(stops) - 1)
     lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
     t = (pos - lo)[..., None]

@@ -27,7 +27,11 @@ def run_rtsal(*args: str, env: dict[str, str] | None = None, timeout: float = 60
     full_env = {**os.environ, "RTSAL_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
     p = subprocess.run(
         [sys.executable, "-m", "rtsal", *map(str, args)],
-        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
     )
     return Run(p.returncode, p.stdout, p.stderr)
 

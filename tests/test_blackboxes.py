@@ -77,16 +77,41 @@ def test_pickled_code_in_a_weights_file_is_refused(tmp_path):
 @offline
 @needs_imagenet_sample
 def test_offline_resnet50_fails_fast_with_a_line_about_weights(tmp_path):
-    run = run_rtsal("train", "--blackbox", "resnet50", "--data", IMAGENET_SAMPLE,
-                    "--out", tmp_path, "--steps", 1)
+    run = run_rtsal(
+        "train",
+        "--blackbox",
+        "resnet50",
+        "--data",
+        IMAGENET_SAMPLE,
+        "--out",
+        tmp_path,
+        "--steps",
+        1,
+    )
     assert_one_line_error(run, "cannot get pretrained weights for 'resnet50'", "--weights")
 
 
 @needs_imagenet_sample
 def test_resnet50_trains_with_no_pretrained(tmp_path):
-    run = run_rtsal("train", "--blackbox", "resnet50", "--no-pretrained", "--data",
-                    IMAGENET_SAMPLE, "--limit", 4, "--batch-size", 2, "--steps", 1,
-                    "--upsampler-channels", "32,16,8", "--out", tmp_path, "--json")
+    run = run_rtsal(
+        "train",
+        "--blackbox",
+        "resnet50",
+        "--no-pretrained",
+        "--data",
+        IMAGENET_SAMPLE,
+        "--limit",
+        4,
+        "--batch-size",
+        2,
+        "--steps",
+        1,
+        "--upsampler-channels",
+        "32,16,8",
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert run.code == 0, run.stderr
     assert json.loads(run.stdout)["steps"] == 1
 
@@ -94,9 +119,18 @@ def test_resnet50_trains_with_no_pretrained(tmp_path):
 @needs_imagenet_sample
 def test_lite0_accuracy_command():
     pytest.importorskip("rtsal_efficientnet_lite")
-    run = run_rtsal("classifier", "evaluate", "--blackbox", "efficientnet_lite0", "--data",
-                    IMAGENET_SAMPLE, "--limit", 48, "--json",
-                    env={"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""})
+    run = run_rtsal(
+        "classifier",
+        "evaluate",
+        "--blackbox",
+        "efficientnet_lite0",
+        "--data",
+        IMAGENET_SAMPLE,
+        "--limit",
+        48,
+        "--json",
+        env={"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""},
+    )
     assert run.code == 0, run.stderr
     res = json.loads(run.stdout)
     assert res["images"] == 48

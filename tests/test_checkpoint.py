@@ -22,17 +22,25 @@ class TinyNet(nn.Module):
         return self.fc(self.conv(x).relu().mean(dim=(2, 3)))
 
 
-def make_box(name="tiny", num_classes=5, class_names=None, mean=(0.5, 0.5, 0.5),
-             std=(0.25, 0.25, 0.25)):
+def make_box(
+    name="tiny", num_classes=5, class_names=None, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+):
     names = class_names or [f"thing{i}" for i in range(num_classes)]
     return BlackBox(
-        TinyNet(len(names)), name=name, class_names=names, mean=mean, std=std,
+        TinyNet(len(names)),
+        name=name,
+        class_names=names,
+        mean=mean,
+        std=std,
         input_size=(32, 32),
     )
 
 
 CONFIG = dict(
-    num_classes=5, encoder="small", small_widths=(8, 16, 32), small_layers=2,
+    num_classes=5,
+    encoder="small",
+    small_widths=(8, 16, 32),
+    small_layers=2,
     upsampler_channels=(16, 8),
 )
 
@@ -54,7 +62,11 @@ def perturbed_model(box):
 
 def save(tmp_path, model, box):
     return save_masker(
-        tmp_path / "ckpt", model, box, training={"steps": 0}, final_losses={},
+        tmp_path / "ckpt",
+        model,
+        box,
+        training={"steps": 0},
+        final_losses={},
         objective={"preset": "paper"},
     )
 

@@ -23,8 +23,11 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def fm_classifier(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fm") / "classifier"
-    result = train_classifier(ClassifierConfig(
-        data="fashion-mnist", width=8, max_steps=40, batch_size=64, lr=0.1, out=str(out)))
+    result = train_classifier(
+        ClassifierConfig(
+            data="fashion-mnist", width=8, max_steps=40, batch_size=64, lr=0.1, out=str(out)
+        )
+    )
     assert result.test_accuracy > 0.5  # 40 steps already beat chance (0.1) by far
     return out
 
@@ -32,9 +35,24 @@ def fm_classifier(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fm_masker(fm_classifier, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("fm") / "masker"
-    run = run_rtsal("train", "--blackbox", fm_classifier, "--data", "fashion-mnist",
-                    "--steps", 30, "--batch-size", 16, "--out", out, "--json",
-                    "--upsampler-channels", "32,16", "--small-widths", "16,32,64")
+    run = run_rtsal(
+        "train",
+        "--blackbox",
+        fm_classifier,
+        "--data",
+        "fashion-mnist",
+        "--steps",
+        30,
+        "--batch-size",
+        16,
+        "--out",
+        out,
+        "--json",
+        "--upsampler-channels",
+        "32,16",
+        "--small-widths",
+        "16,32,64",
+    )
     assert run.code == 0, run.stderr
     return out, json.loads(run.stdout)
 
@@ -69,8 +87,19 @@ def test_checkpoint_loads_back_and_gives_masks(fm_masker):
 
 def test_evaluate_reports_and_draws_a_grid(fm_masker, tmp_path):
     out, _ = fm_masker
-    run = run_rtsal("evaluate", out, "--data", "fashion-mnist", "--limit", 200, "--grid", 8,
-                    "--out", tmp_path, "--json")
+    run = run_rtsal(
+        "evaluate",
+        out,
+        "--data",
+        "fashion-mnist",
+        "--limit",
+        200,
+        "--grid",
+        8,
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert run.code == 0, run.stderr
     rep = json.loads(run.stdout)
     assert rep["images"] == 200
@@ -86,19 +115,22 @@ def test_unknown_black_box_suggests_close_matches(tmp_path):
 
 
 def test_missing_data_path(fm_classifier, tmp_path):
-    run = run_rtsal("train", "--blackbox", fm_classifier, "--data", tmp_path / "nope",
-                    "--out", tmp_path / "o")
+    run = run_rtsal(
+        "train", "--blackbox", fm_classifier, "--data", tmp_path / "nope", "--out", tmp_path / "o"
+    )
     assert_one_line_error(run, "data path not found", "nope")
 
 
 def test_unwritable_out_fails_before_training(fm_classifier, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    run = run_rtsal("train", "--blackbox", fm_classifier, "--data", "fashion-mnist",
-                    "--out", blocker / "sub")
+    run = run_rtsal(
+        "train", "--blackbox", fm_classifier, "--data", "fashion-mnist", "--out", blocker / "sub"
+    )
     assert_one_line_error(run, "cannot write to output directory")
-    run = run_rtsal("train", "--blackbox", fm_classifier, "--data", "fashion-mnist",
-                    "--out", blocker)
+    run = run_rtsal(
+        "train", "--blackbox", fm_classifier, "--data", "fashion-mnist", "--out", blocker
+    )
     assert_one_line_error(run, "not a directory")
     assert blocker.read_text() == "x"  # nothing overwritten
 
@@ -113,8 +145,9 @@ def test_checkpoint_from_another_black_box_is_refused(fm_masker, tmp_path):
         "    net.mean, net.std, net.input_size = (0.5,), (0.5,), 28\n"
         "    return net\n"
     )
-    run = run_rtsal("evaluate", out, "--blackbox", f"{other}:build", "--data", "fashion-mnist",
-                    "--limit", 10)
+    run = run_rtsal(
+        "evaluate", out, "--blackbox", f"{other}:build", "--data", "fashion-mnist", "--limit", 10
+    )
     assert_one_line_error(run, "trained for black box", "10 classes", "has 5")
 
 

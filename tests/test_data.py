@@ -173,7 +173,9 @@ def test_class_subfolders(tmp_path, imagenet):
     write_png(tmp_path / "n02123045" / "x.png")
     samples = scan_image_folder(tmp_path, imagenet)
     assert [(p.parent.name, p.name, label) for p, label in samples] == [
-        ("beagle", "a.png", 162), ("beagle", "b.png", 162), ("n02123045", "x.png", 281),
+        ("beagle", "a.png", 162),
+        ("beagle", "b.png", 162),
+        ("n02123045", "x.png", 281),
     ]
 
 

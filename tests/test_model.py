@@ -30,16 +30,23 @@ class TinyNet(nn.Module):
 
 def tiny_box(in_channels=3, num_classes=4):
     return BlackBox(
-        TinyNet(in_channels, num_classes), name="tiny",
+        TinyNet(in_channels, num_classes),
+        name="tiny",
         class_names=[f"c{i}" for i in range(num_classes)],
-        mean=[0.5] * in_channels, std=[0.25] * in_channels, input_size=(32, 32),
+        mean=[0.5] * in_channels,
+        std=[0.25] * in_channels,
+        input_size=(32, 32),
     )
 
 
 def small_config(num_classes=4, in_channels=3, mask_stride=4):
     return MaskerConfig(
-        num_classes=num_classes, in_channels=in_channels, encoder="small",
-        small_widths=(8, 16, 32), small_layers=2, upsampler_channels=(16, 8),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        encoder="small",
+        small_widths=(8, 16, 32),
+        small_layers=2,
+        upsampler_channels=(16, 8),
         mask_stride=mask_stride,
     )
 
@@ -52,7 +59,9 @@ def resnet18_box():
 
 def tied_config():
     return MaskerConfig(
-        num_classes=1000, encoder="blackbox", embedding="classifier-tied",
+        num_classes=1000,
+        encoder="blackbox",
+        embedding="classifier-tied",
         upsampler_channels=(32, 16, 8),
     )
 

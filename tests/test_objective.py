@@ -127,7 +127,10 @@ def test_class_log_prob_and_margin():
 def test_presets_hold_the_stated_weights():
     paper = objective_preset("paper")
     assert (paper.form, paper.tv_weight, paper.destroy_weight, paper.destroy_power) == (
-        "paper", 10.0, 5.0, 0.3,
+        "paper",
+        10.0,
+        5.0,
+        0.3,
     )
     authors = objective_preset("authors")
     assert authors.form == "authors"
@@ -188,8 +191,11 @@ def test_paper_all_fake_is_area_only_and_never_calls_black_box():
     mask = torch.rand(3, 1, 8, 8)
     out = masker_output(mask, mask_lowres=checkerboard(4).expand(3, 1, 4, 4))
     terms = obj(
-        torch.rand(3, 3, 8, 8), out, torch.tensor([0, 1, 2]),
-        labels=torch.tensor([1, 2, 0]), is_real=torch.zeros(3, dtype=torch.bool),
+        torch.rand(3, 3, 8, 8),
+        out,
+        torch.tensor([0, 1, 2]),
+        labels=torch.tensor([1, 2, 0]),
+        is_real=torch.zeros(3, dtype=torch.bool),
     )
     assert box.calls == 0
     assert terms.tv.item() == 0.0
@@ -206,8 +212,11 @@ def test_paper_mixed_batch_means_with_fake_contributing_zero():
     mask[1] = 1.0  # area: sample 0 -> 0, sample 1 -> 1
     lowres = checkerboard(4).expand(2, 1, 4, 4)  # TV 2.0 for both samples
     terms = obj(
-        torch.rand(2, 3, 8, 8), masker_output(mask, lowres), torch.tensor([0, 2]),
-        labels=torch.tensor([0, 1]), is_real=torch.tensor([True, False]),
+        torch.rand(2, 3, 8, 8),
+        masker_output(mask, lowres),
+        torch.tensor([0, 2]),
+        labels=torch.tensor([0, 1]),
+        is_real=torch.tensor([True, False]),
     )
     assert box.calls == 1
     assert box.batch_sizes == [2]  # only the real sample, preserved + destroyed
@@ -235,8 +244,11 @@ def test_embed_term_is_bce_on_gate_max():
     obj = SaliencyObjective(cfg, FixedLogits(LOG_PROBS))
     out = masker_output(torch.zeros(2, 1, 8, 8), gate_max=torch.tensor([0.8, 0.3]))
     terms = obj(
-        torch.rand(2, 3, 8, 8), out, torch.tensor([0, 1]),
-        labels=torch.tensor([0, 2]), is_real=torch.tensor([True, False]),
+        torch.rand(2, 3, 8, 8),
+        out,
+        torch.tensor([0, 1]),
+        labels=torch.tensor([0, 2]),
+        is_real=torch.tensor([True, False]),
     )
     # real wants gate 1: -log 0.8; fake wants gate 0: -log 0.7
     want = 2.0 * (-math.log(0.8) - math.log(0.7)) / 2
@@ -253,7 +265,10 @@ def run_authors(labels, is_real, mask=None, logits=(3.0, 1.0, 0.0)):
     mask = torch.zeros(B, 1, 8, 8) if mask is None else mask
     labels = torch.tensor(labels)
     terms = obj(
-        torch.rand(B, 3, 8, 8), masker_output(mask), labels, labels=labels,
+        torch.rand(B, 3, 8, 8),
+        masker_output(mask),
+        labels,
+        labels=labels,
         is_real=torch.tensor(is_real),
     )
     return terms, box

@@ -22,7 +22,8 @@ from rtsal.plugins import make_plugin_manager, reset_plugin_manager
 from tests.helpers import REPO, run_rtsal
 
 HOOKS = sorted(
-    name for name, fn in vars(hookspecs).items()
+    name
+    for name, fn in vars(hookspecs).items()
     if callable(fn) and getattr(fn, "rtsal_spec", None) is not None
 )
 
@@ -38,13 +39,23 @@ def plugin_manager():
 
 def _tiny_box(name: str) -> rtsal.BlackBox:
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
-    return rtsal.BlackBox(net, name=name, class_names=["yes", "no"], mean=(0.5,) * 3,
-                          std=(0.5,) * 3, input_size=(8, 8))
+    return rtsal.BlackBox(
+        net,
+        name=name,
+        class_names=["yes", "no"],
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        input_size=(8, 8),
+    )
 
 
 def test_every_hook_is_documented_and_tested():
-    assert set(HOOKS) == {"register_black_boxes", "register_black_box_providers",
-                          "register_methods", "register_commands"}
+    assert set(HOOKS) == {
+        "register_black_boxes",
+        "register_black_box_providers",
+        "register_methods",
+        "register_commands",
+    }
     this_module = sys.modules[__name__]
     for name in HOOKS:
         doc = inspect.getdoc(getattr(hookspecs, name))
@@ -56,8 +67,14 @@ def test_register_black_boxes(plugin_manager):
     class Plugin:
         @hookimpl
         def register_black_boxes(self, register):
-            register("tiny", lambda **kw: _tiny_box("tiny"), aliases=("TinyNet",),
-                     summary="two classes", input_size=(8, 8), num_classes=2)
+            register(
+                "tiny",
+                lambda **kw: _tiny_box("tiny"),
+                aliases=("TinyNet",),
+                summary="two classes",
+                input_size=(8, 8),
+                num_classes=2,
+            )
 
     plugin_manager.register(Plugin(), name="tiny-plugin")
     reset_plugin_manager(plugin_manager)
@@ -118,9 +135,21 @@ def test_register_methods(plugin_manager):
 
 def _install(target: Path, package: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(package)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(package),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
 
 
@@ -151,15 +180,21 @@ def _fake_distribution(site: Path, dist: str, module: str, source: str) -> None:
 
 
 def test_broken_plugin_warns_and_the_rest_still_works(tmp_path):
-    _fake_distribution(tmp_path, "rtsal-broken", "rtsal_broken",
-                       "raise RuntimeError('this plugin is broken')\n")
-    _fake_distribution(tmp_path, "rtsal-misspelled", "rtsal_misspelled", """
+    _fake_distribution(
+        tmp_path, "rtsal-broken", "rtsal_broken", "raise RuntimeError('this plugin is broken')\n"
+    )
+    _fake_distribution(
+        tmp_path,
+        "rtsal-misspelled",
+        "rtsal_misspelled",
+        """
         import rtsal
 
         @rtsal.hookimpl
         def register_blackboxes(register):
             pass
-    """)
+    """,
+    )
     env = {"PYTHONPATH": str(tmp_path), "RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}
     run = run_rtsal("blackboxes", "--json", env=env)
     assert run.code == 0, run.stderr
@@ -182,13 +217,17 @@ def test_autoload_switch_and_allow_list(monkeypatch):
     monkeypatch.setenv("RTSAL_PLUGINS", "efficientnet-lite")
     reset_plugin_manager(None)
     assert [r.plugin for r in list_black_boxes("lite0", include_providers=False)] == [
-        "efficientnet-lite"]
+        "efficientnet-lite"
+    ]
     reset_plugin_manager(None)
 
 
 def test_builtin_providers_are_plugins():
     pm = make_plugin_manager(load_entry_points=False)
     names = {name for name, _ in pm.list_name_plugin()}
-    assert {"rtsal.providers.timm_provider", "rtsal.providers.user_code",
-            "rtsal.providers.checkpoints"} <= names
+    assert {
+        "rtsal.providers.timm_provider",
+        "rtsal.providers.user_code",
+        "rtsal.providers.checkpoints",
+    } <= names
     assert isinstance(pm, pluggy.PluginManager)

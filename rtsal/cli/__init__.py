@@ -27,8 +27,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Real-time saliency for black-box image classifiers (Dabkowski & Gal, 2017)."""
 
@@ -47,9 +48,10 @@ def _register_commands() -> None:
 
 
 def _register_builtin_commands() -> None:
-    from rtsal.cli import blackboxes, classifier, evaluate, train
+    from rtsal.cli import blackboxes, classifier, evaluate, explain, train
 
     train.register(app)
+    explain.register(app)
     classifier.register(app)
     evaluate.register(app)
     blackboxes.register(app)
@@ -63,8 +65,11 @@ def _register_plugin_commands() -> None:
         try:
             impl.function(app=app)
         except Exception as exc:
-            warnings.warn(f"plugin {impl.plugin_name!r} failed to add its commands: {exc}",
-                          PluginWarning, stacklevel=1)
+            warnings.warn(
+                f"plugin {impl.plugin_name!r} failed to add its commands: {exc}",
+                PluginWarning,
+                stacklevel=1,
+            )
 
 
 def _format_warning(message, category, filename, lineno, file=None, line=None) -> None:

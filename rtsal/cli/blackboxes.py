@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 
 def blackboxes(
-    pattern: Annotated[Optional[str], typer.Argument(help="Glob or substring to filter by; "
-                       "with a pattern, timm's models are listed too.")] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Argument(
+            help="Glob or substring to filter by; with a pattern, timm's models are listed too."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List registered black boxes (and, given a pattern, matching timm models)."""
@@ -21,10 +25,20 @@ def blackboxes(
 
     rows = list_black_boxes(pattern or "*", include_providers=pattern is not None)
     if json_out:
-        typer.echo(json.dumps([
-            {"name": r.name, "plugin": r.plugin, "input_size": r.input_size,
-             "num_classes": r.num_classes, "summary": r.summary} for r in rows
-        ]))
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "plugin": r.plugin,
+                        "input_size": r.input_size,
+                        "num_classes": r.num_classes,
+                        "summary": r.summary,
+                    }
+                    for r in rows
+                ]
+            )
+        )
         return
     table = Table("name", "plugin", "input", "classes", "summary")
     for r in rows:
@@ -32,8 +46,10 @@ def blackboxes(
         table.add_row(r.name, r.plugin, size, str(r.num_classes or "-"), r.summary)
     out.print(table)
     if pattern is None:
-        out.print("also: any timm model by name (rtsal blackboxes resnet), file.py:factory, "
-                  "pkg.module:factory, and classifier checkpoints (rtsal classifier train)")
+        out.print(
+            "also: any timm model by name (rtsal blackboxes resnet), file.py:factory, "
+            "pkg.module:factory, and classifier checkpoints (rtsal classifier train)"
+        )
 
 
 def register(app: typer.Typer) -> None:

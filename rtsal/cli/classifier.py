@@ -4,29 +4,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from rtsal.cli._console import err, progress_bar
 
-classifier_app = typer.Typer(help="Reference classifiers to use as black boxes.",
-                             no_args_is_help=True)
+classifier_app = typer.Typer(
+    help="Reference classifiers to use as black boxes.", no_args_is_help=True
+)
 
 
 @classifier_app.command("train")
 def train_classifier_cmd(
-    data: Annotated[str, typer.Option("--data", "-d", help="cifar10 or fashion-mnist.")] = "cifar10",
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="cifar10 or fashion-mnist.")
+    ] = "cifar10",
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path(
-        "runs/classifier"),
-    data_root: Annotated[Optional[str], typer.Option(help="Local copy of the data set.")] = None,
+        "runs/classifier"
+    ),
+    data_root: Annotated[str | None, typer.Option(help="Local copy of the data set.")] = None,
     arch: Annotated[str, typer.Option(help="resnet9 or resnet18.")] = "resnet9",
     width: Annotated[int, typer.Option(help="Base channel width.")] = 32,
     epochs: Annotated[int, typer.Option(help="Epochs (one-cycle schedule).")] = 10,
-    steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
     lr: Annotated[float, typer.Option(help="Peak SGD learning rate.")] = 0.2,
-    limit: Annotated[Optional[int], typer.Option(help="Train on a seeded subset.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Train on a seeded subset.")] = None,
     workers: Annotated[int, typer.Option(help="Data-loading workers.")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -35,31 +39,55 @@ def train_classifier_cmd(
     """Train a classifier; the output directory then works as --blackbox DIR."""
     from rtsal.classifier import ClassifierConfig, train_classifier
 
-    cfg = ClassifierConfig(data=data, data_root=data_root, arch=arch, width=width, epochs=epochs,
-                           max_steps=steps, batch_size=batch_size, lr=lr, limit=limit,
-                           workers=workers, seed=seed, device=device, out=str(out))
+    cfg = ClassifierConfig(
+        data=data,
+        data_root=data_root,
+        arch=arch,
+        width=width,
+        epochs=epochs,
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        limit=limit,
+        workers=workers,
+        seed=seed,
+        device=device,
+        out=str(out),
+    )
     err.print(f"training {arch} (width {width}) on {data}", highlight=False)
     with progress_bar() as progress:
         result = train_classifier(cfg, progress)
-    summary = {"checkpoint": str(result.out), "test_accuracy": result.test_accuracy,
-               "steps": result.steps, "seconds": round(result.train_seconds, 1)}
+    summary = {
+        "checkpoint": str(result.out),
+        "test_accuracy": result.test_accuracy,
+        "steps": result.steps,
+        "seconds": round(result.train_seconds, 1),
+    }
     if json_out:
         typer.echo(json.dumps(summary))
     else:
-        typer.echo(f"wrote {result.out}: test accuracy {100 * result.test_accuracy:.2f} % after "
-                   f"{result.steps} steps in {result.train_seconds:.0f} s")
+        typer.echo(
+            f"wrote {result.out}: test accuracy {100 * result.test_accuracy:.2f} % after "
+            f"{result.steps} steps in {result.train_seconds:.0f} s"
+        )
 
 
 @classifier_app.command("evaluate")
 def evaluate_classifier_cmd(
     blackbox: Annotated[str, typer.Option("--blackbox", "-b", help="Any black-box name.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Image folder (class sub-folders or "
-                                      "synset-named files), cifar10 or fashion-mnist.")],
-    data_root: Annotated[Optional[str], typer.Option(help="Local copy of a named data set.")
-                         ] = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Image folder (class sub-folders or "
+            "synset-named files), cifar10 or fashion-mnist.",
+        ),
+    ],
+    data_root: Annotated[str | None, typer.Option(help="Local copy of a named data set.")] = None,
     split: Annotated[str, typer.Option(help="train or test (named sets).")] = "test",
-    weights: Annotated[Optional[Path], typer.Option(help="Black-box weights file.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Black-box weights file.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate a seeded subset.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     workers: Annotated[int, typer.Option(help="Data-loading workers.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
@@ -74,18 +102,29 @@ def evaluate_classifier_cmd(
 
     dev = resolve_device(device)
     box = create_black_box(blackbox, weights=str(weights) if weights else None).to(dev)
-    ds = open_dataset(data, split=split, size=box.input_size, data_root=data_root,
-                      resolver=ClassResolver.for_black_box(box), interpolation=box.interpolation,
-                      crop_pct=box.crop_pct, channels=box.in_channels, limit=limit)
+    ds = open_dataset(
+        data,
+        split=split,
+        size=box.input_size,
+        data_root=data_root,
+        resolver=ClassResolver.for_black_box(box),
+        interpolation=box.interpolation,
+        crop_pct=box.crop_pct,
+        channels=box.in_channels,
+        limit=limit,
+    )
     with progress_bar() as progress:
-        res = black_box_accuracy(box, make_loader(ds, batch_size, shuffle=False, workers=workers),
-                                 dev, progress)
+        res = black_box_accuracy(
+            box, make_loader(ds, batch_size, shuffle=False, workers=workers), dev, progress
+        )
     res = {"blackbox": box.name, "data": data, **res}
     if json_out:
         typer.echo(json.dumps(res))
     else:
-        typer.echo(f"{box.name} on {data}: top-1 {100 * res['top1']:.2f} %, "
-                   f"top-5 {100 * res['top5']:.2f} % ({res['images']} images)")
+        typer.echo(
+            f"{box.name} on {data}: top-1 {100 * res['top1']:.2f} %, "
+            f"top-5 {100 * res['top5']:.2f} % ({res['images']} images)"
+        )
 
 
 def register(app: typer.Typer) -> None:

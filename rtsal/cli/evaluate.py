@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,19 +13,26 @@ from rtsal.cli._console import err, progress_bar
 
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Masking-model checkpoint directory.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Image folder, or cifar10 / "
-                                      "fashion-mnist.")],
-    data_root: Annotated[Optional[str], typer.Option(help="Local copy of a named data set.")
-                         ] = None,
-    blackbox: Annotated[Optional[str], typer.Option("--blackbox", "-b", help="Use this black "
-                        "box instead of the one the checkpoint names (checked for a match).")
-                        ] = None,
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="Image folder, or cifar10 / fashion-mnist.")
+    ],
+    data_root: Annotated[str | None, typer.Option(help="Local copy of a named data set.")] = None,
+    blackbox: Annotated[
+        str | None,
+        typer.Option(
+            "--blackbox",
+            "-b",
+            help="Use this black "
+            "box instead of the one the checkpoint names (checked for a match).",
+        ),
+    ] = None,
     split: Annotated[str, typer.Option(help="train or test (named sets).")] = "test",
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate a seeded subset.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 100,
     grid: Annotated[int, typer.Option(help="Images in the Figure-6 grid (0: none).")] = 20,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json and "
-                   "grid.png here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write report.json and grid.png here.")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -45,15 +52,26 @@ def evaluate(
 
     box = create_black_box(blackbox) if blackbox else None
     model, box, meta = load_masker(checkpoint, box, device=dev)
-    ds = open_dataset(data, split=split, size=box.input_size, resolver=ClassResolver.for_black_box(
-        box), data_root=data_root, interpolation=box.interpolation, crop_pct=box.crop_pct,
-        channels=box.in_channels, limit=limit, seed=seed)
+    ds = open_dataset(
+        data,
+        split=split,
+        size=box.input_size,
+        resolver=ClassResolver.for_black_box(box),
+        data_root=data_root,
+        interpolation=box.interpolation,
+        crop_pct=box.crop_pct,
+        channels=box.in_channels,
+        limit=limit,
+        seed=seed,
+    )
     removal = ObjectiveConfig.from_dict(
-        {k: v for k, v in meta.get("objective", {}).items() if k != "preset"}).removal
+        {k: v for k, v in meta.get("objective", {}).items() if k != "preset"}
+    ).removal
     loader = make_loader(ds, batch_size, shuffle=False)
     with progress_bar() as progress:
-        report, first = evaluate_masker(model, box, loader, removal=removal, seed=seed,
-                                        device=dev, progress=progress)
+        report, first = evaluate_masker(
+            model, box, loader, removal=removal, seed=seed, device=dev, progress=progress
+        )
     result = {"checkpoint": str(checkpoint), "data": data, "split": split, **report.to_dict()}
     if out_dir is not None:
         if grid > 0:

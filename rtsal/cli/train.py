@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,53 +12,89 @@ from rtsal.cli._console import err, parse_ints, progress_bar
 
 
 def train(
-    blackbox: Annotated[str, typer.Option("--blackbox", "-b", help="Black box to explain: a timm "
-                        "name, file.py:factory, a classifier checkpoint, or a plugin's name.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Image folder, or cifar10 / "
-                                      "fashion-mnist.")],
+    blackbox: Annotated[
+        str,
+        typer.Option(
+            "--blackbox",
+            "-b",
+            help="Black box to explain: a timm "
+            "name, file.py:factory, a classifier checkpoint, or a plugin's name.",
+        ),
+    ],
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="Image folder, or cifar10 / fashion-mnist.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")] = Path(
-        "runs/masker"),
-    data_root: Annotated[Optional[str], typer.Option(help="Local copy of a named data set (folder "
-                         "or .tar.gz); downloads when absent and online.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Black-box weights file (safetensors, "
-                       "or a .pt/.pth tensor file).")] = None,
+        "runs/masker"
+    ),
+    data_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Local copy of a named data set (folder "
+            "or .tar.gz); downloads when absent and online."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Black-box weights file (safetensors, or a .pt/.pth tensor file)."),
+    ] = None,
     pretrained: Annotated[bool, typer.Option(help="Use pretrained black-box weights.")] = True,
     preset: Annotated[str, typer.Option(help="Objective preset: paper or authors.")] = "paper",
-    epochs: Annotated[Optional[float], typer.Option(help="Epochs to train.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Steps to train (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs to train.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Steps to train (overrides --epochs).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 32,
-    image_size: Annotated[Optional[int], typer.Option(help="Training resolution (default: the "
-                          "black box's input size).")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Training resolution (default: the black box's input size).")
+    ] = None,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
-    tv_weight: Annotated[Optional[float], typer.Option("--tv-weight", help="lambda1 (smoothness)."
-                         )] = None,
-    area_weight: Annotated[Optional[float], typer.Option("--area-weight", help="lambda2 (area).")
-                           ] = None,
-    preserve_weight: Annotated[Optional[float], typer.Option(help="Weight of the preserve term.")
-                               ] = None,
-    destroy_weight: Annotated[Optional[float], typer.Option(help="lambda3 (destroy term).")] = None,
-    destroy_power: Annotated[Optional[float], typer.Option(help="lambda4 (destroy power).")] = None,
-    embed_weight: Annotated[Optional[float], typer.Option(help="Weight of the class-embedding "
-                            "speed-up term (0 = off).")] = None,
+    tv_weight: Annotated[
+        float | None, typer.Option("--tv-weight", help="lambda1 (smoothness).")
+    ] = None,
+    area_weight: Annotated[
+        float | None, typer.Option("--area-weight", help="lambda2 (area).")
+    ] = None,
+    preserve_weight: Annotated[
+        float | None, typer.Option(help="Weight of the preserve term.")
+    ] = None,
+    destroy_weight: Annotated[float | None, typer.Option(help="lambda3 (destroy term).")] = None,
+    destroy_power: Annotated[float | None, typer.Option(help="lambda4 (destroy power).")] = None,
+    embed_weight: Annotated[
+        float | None, typer.Option(help="Weight of the class-embedding speed-up term (0 = off).")
+    ] = None,
     fake_prob: Annotated[float, typer.Option(help="Share of fake class selectors.")] = 0.3,
-    encoder: Annotated[str, typer.Option(help="auto, blackbox (share the black box's network), "
-                       "small (paper's from-scratch encoder) or timm:NAME.")] = "auto",
-    embedding: Annotated[str, typer.Option(help="auto, learned, classifier-init or "
-                         "classifier-tied.")] = "auto",
-    upsampler_channels: Annotated[str, typer.Option(help="Widths of the upsampler blocks.")
-                                  ] = "256,128,64",
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="auto, blackbox (share the black box's network), "
+            "small (paper's from-scratch encoder) or timm:NAME."
+        ),
+    ] = "auto",
+    embedding: Annotated[
+        str, typer.Option(help="auto, learned, classifier-init or classifier-tied.")
+    ] = "auto",
+    upsampler_channels: Annotated[
+        str, typer.Option(help="Widths of the upsampler blocks.")
+    ] = "256,128,64",
     bottlenecks: Annotated[int, typer.Option(help="Bottleneck blocks per upsampler.")] = 1,
-    small_widths: Annotated[str, typer.Option(help="Widths of the small encoder's blocks.")
-                            ] = "32,64,128",
-    mask_stride: Annotated[Optional[int], typer.Option(help="Head resolution relative to the "
-                           "image (default 4; 2 for the small encoder).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Train on a seeded subset of this size.")
-                     ] = None,
-    holdout: Annotated[float, typer.Option(help="Fraction of an image folder to hold out "
-                       "(listed in OUT/holdout.txt).")] = 0.0,
+    small_widths: Annotated[
+        str, typer.Option(help="Widths of the small encoder's blocks.")
+    ] = "32,64,128",
+    mask_stride: Annotated[
+        int | None,
+        typer.Option(
+            help="Head resolution relative to the image (default 4; 2 for the small encoder)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Train on a seeded subset of this size.")
+    ] = None,
+    holdout: Annotated[
+        float,
+        typer.Option(help="Fraction of an image folder to hold out (listed in OUT/holdout.txt)."),
+    ] = 0.0,
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -69,17 +105,40 @@ def train(
     from rtsal.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(
-        blackbox=blackbox, data=data, out=str(out), data_root=data_root,
-        weights=str(weights) if weights else None, pretrained=pretrained, preset=preset,
-        epochs=epochs, steps=steps, batch_size=batch_size, image_size=image_size, lr=lr,
-        weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
-        tv_weight=tv_weight, area_weight=area_weight, preserve_weight=preserve_weight,
-        destroy_weight=destroy_weight, destroy_power=destroy_power, embed_weight=embed_weight,
-        fake_prob=fake_prob, encoder=encoder, embedding=embedding,
+        blackbox=blackbox,
+        data=data,
+        out=str(out),
+        data_root=data_root,
+        weights=str(weights) if weights else None,
+        pretrained=pretrained,
+        preset=preset,
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        image_size=image_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        warmup_steps=warmup_steps,
+        tv_weight=tv_weight,
+        area_weight=area_weight,
+        preserve_weight=preserve_weight,
+        destroy_weight=destroy_weight,
+        destroy_power=destroy_power,
+        embed_weight=embed_weight,
+        fake_prob=fake_prob,
+        encoder=encoder,
+        embedding=embedding,
         upsampler_channels=parse_ints(upsampler_channels, "--upsampler-channels"),
-        bottlenecks=bottlenecks, small_widths=parse_ints(small_widths, "--small-widths"),
-        mask_stride=mask_stride, limit=limit, holdout=holdout, workers=workers, seed=seed,
-        device=device, amp=amp,
+        bottlenecks=bottlenecks,
+        small_widths=parse_ints(small_widths, "--small-widths"),
+        mask_stride=mask_stride,
+        limit=limit,
+        holdout=holdout,
+        workers=workers,
+        seed=seed,
+        device=device,
+        amp=amp,
     )
     trainer = Trainer(cfg)
     err.print(
@@ -93,15 +152,22 @@ def train(
 
         def on_step(step: int, total: int, m: dict[str, float]) -> None:
             progress.update(
-                task, completed=step,
-                description=(f"tv {m['tv']:.3f} area {m['area']:.3f} "
-                             f"preserve {m['preserve']:.3f} destroy {m['destroy']:.3f}"),
+                task,
+                completed=step,
+                description=(
+                    f"tv {m['tv']:.3f} area {m['area']:.3f} "
+                    f"preserve {m['preserve']:.3f} destroy {m['destroy']:.3f}"
+                ),
             )
 
         result = trainer.fit(on_step)
-    summary = {"checkpoint": str(result.out), "steps": result.steps,
-               "seconds": round(result.seconds, 1), "interrupted": result.interrupted,
-               **result.final_losses}
+    summary = {
+        "checkpoint": str(result.out),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "interrupted": result.interrupted,
+        **result.final_losses,
+    }
     if json_out:
         typer.echo(json.dumps(summary))
     else:

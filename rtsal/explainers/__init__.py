@@ -13,8 +13,7 @@ from rtsal.errors import RtsalError
 class MaskingModelMethod:
     """The real-time masking model: one forward pass per image and class."""
 
-    def __init__(self, black_box: Any, checkpoint: str | None = None, model: Any = None,
-                 **_: Any):
+    def __init__(self, black_box: Any, checkpoint: str | None = None, model: Any = None, **_: Any):
         from rtsal.checkpoint import load_masker
 
         if model is None:

@@ -143,7 +143,10 @@ class TimmProvider:
         pre = _pretrained_names()
         return [
             BlackBoxListing(
-                f"timm:{n}", "", None, None,
+                f"timm:{n}",
+                "",
+                None,
+                None,
                 "timm model" + (" (ImageNet weights online)" if n in pre else ""),
             )
             for n in self.names(pattern)

@@ -62,8 +62,15 @@ def wrap_module(net: nn.Module, name: str, provider: str = "user") -> BlackBox:
             out = net.eval()(torch.zeros(1, len(mean), *size))
         class_names = [f"class_{i}" for i in range(out.shape[-1])]
     return BlackBox(
-        net, name=name, class_names=class_names, mean=mean, std=std, input_size=size,
-        interpolation=getattr(net, "interpolation", "bilinear"), provider=provider, source=name,
+        net,
+        name=name,
+        class_names=class_names,
+        mean=mean,
+        std=std,
+        input_size=size,
+        interpolation=getattr(net, "interpolation", "bilinear"),
+        provider=provider,
+        source=name,
     )
 
 
@@ -71,7 +78,9 @@ def user_black_box(spec: str, *, weights: str | None = None, **options: object) 
     """Call the factory ``spec`` names; ``weights`` (a file) is loaded into what it returns."""
     m = _SPEC.match(spec)
     if not m:
-        raise RtsalError(f"user black box must look like file.py:factory or pkg.module:factory: {spec}")
+        raise RtsalError(
+            f"user black box must look like file.py:factory or pkg.module:factory: {spec}"
+        )
     if m["target"].endswith(".py"):  # a checkpoint must find the file from anywhere
         spec = f"{Path(m['target']).expanduser().resolve()}:{m['attr']}"
     module = _import_target(m["target"])

@@ -1,0 +1,221 @@
+"""Explaining images: class-specific masks at each image's own resolution, with the numbers a
+user wants beside them (probabilities on the image, on image x mask and on image x (1 - mask))."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from rtsal.classes import ClassResolver
+from rtsal.errors import RtsalError
+from rtsal.images import pil_to_tensor
+
+SHIPPED = Path(__file__).parent / "assets" / "efficientnet_lite0"
+
+
+def default_checkpoint() -> Path:
+    """The masking model shipped with rtsal (EfficientNet-Lite0, ImageNet)."""
+    if not (SHIPPED / "rtsal.json").is_file():
+        raise RtsalError("no shipped masking model in this installation; pass --checkpoint")
+    return SHIPPED
+
+
+@dataclass
+class Explanation:
+    """One image and one class."""
+
+    class_index: int
+    class_name: str
+    mask: torch.Tensor  # (H, W) at the image's original resolution, in [0, 1]
+    p_image: float  # f_c(X)
+    p_preserved: float  # f_c(X * M)
+    p_destroyed: float  # f_c(X * (1 - M))
+    area: float  # mean of the mask
+    box: tuple[int, int, int, int] | None  # (x0, y0, x1, y1), pixels above 0.5, x1/y1 exclusive
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def threshold_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
+    """Tightest box around *all* pixels of ``mask`` (H, W) above ``threshold``; None if none."""
+    on = mask > threshold
+    if not bool(on.any()):
+        return None
+    rows = torch.nonzero(on.any(dim=1)).squeeze(1)
+    cols = torch.nonzero(on.any(dim=0)).squeeze(1)
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def fit_size(
+    width: int, height: int, short: int, multiple: int = 32, max_aspect: float = 2.0
+) -> tuple[int, int]:
+    """Model input (H, W): short side ``short``, long side keeping the aspect (at most
+    ``max_aspect``), rounded to a multiple of the encoder's stride."""
+    aspect = min(max(width, height) / min(width, height), max_aspect)
+    long = max(multiple, int(round(short * aspect / multiple)) * multiple)
+    return (short, long) if width >= height else (long, short)
+
+
+class Explainer:
+    """A masking model (or any registered method) ready to explain images.
+
+    ``resize="fit"`` keeps each image's aspect ratio (short side at the black box's input size);
+    ``"square"`` resizes to the black box's input size exactly.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        *,
+        black_box: Any = None,
+        device: str | torch.device = "auto",
+        resize: str = "fit",
+        method: str = "masker",
+        method_options: dict[str, Any] | None = None,
+    ):
+        from rtsal.checkpoint import load_masker
+        from rtsal.device import resolve_device
+        from rtsal.methods import create_method
+
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        if resize not in ("fit", "square"):
+            raise RtsalError("--resize must be fit or square")
+        self.resize = resize
+        self.model = None
+        if method == "masker":
+            path = checkpoint if checkpoint is not None else default_checkpoint()
+            self.model, self.black_box, self.meta = load_masker(path, black_box, device=self.device)
+            self.method = None
+        else:
+            if black_box is None:
+                raise RtsalError(f"method {method!r} needs --blackbox")
+            self.black_box = black_box.to(self.device)
+            self.meta = {}
+            self.method = create_method(method, self.black_box, **(method_options or {}))
+        self.resolver = ClassResolver.for_black_box(self.black_box)
+        self.interp = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(
+            self.black_box.interpolation, Image.BILINEAR
+        )
+
+    # ---------------------------------------------------------------- preprocessing
+    def model_size(self, im: Image.Image) -> tuple[int, int]:
+        h, w = self.black_box.input_size
+        if self.resize == "square":
+            return h, w
+        return fit_size(im.width, im.height, min(h, w))
+
+    def prepare(self, im: Image.Image) -> torch.Tensor:
+        """PIL image -> (C, h, w) in [0, 1] at the model's resolution."""
+        h, w = self.model_size(im)
+        if self.black_box.in_channels == 1:
+            im = im.convert("L")
+        return pil_to_tensor(im.resize((w, h), self.interp))
+
+    # ---------------------------------------------------------------- masks
+    @torch.inference_mode()
+    def masks(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks (B, 1, h, w) and black-box logits (B, K) for a batch at model resolution."""
+        x = x.to(self.device)
+        classes = classes.to(self.device)
+        if self.model is not None:
+            shared = self.model.config.encoder == "blackbox"
+            out = self.model(x, classes, with_logits=shared)
+            logits = out.logits if shared else self.black_box(x)
+            return out.mask, logits
+        return self.method.explain(x, classes), self.black_box(x)
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.black_box(x.to(self.device))
+
+    def select_classes(
+        self, logits: torch.Tensor, classes: Sequence[int] | None, topk: int | None
+    ) -> list[list[int]]:
+        if classes:
+            return [list(classes) for _ in range(logits.shape[0])]
+        k = max(1, min(topk or 1, logits.shape[1]))
+        return logits.topk(k, dim=1).indices.tolist()
+
+    @torch.inference_mode()
+    def explain_batch(
+        self,
+        images: Sequence[Image.Image],
+        classes: Sequence[int] | None = None,
+        topk: int | None = None,
+        with_probabilities: bool = True,
+    ) -> list[list[Explanation]]:
+        """Explain same-sized (at model resolution) images; one list of explanations per image."""
+        x = torch.stack([self.prepare(im) for im in images])  # (B, C, h, w)
+        logits = self.predict(x) if not classes else None
+        chosen = self.select_classes(
+            logits if logits is not None else x.new_zeros(len(images), 1), classes, topk
+        )
+        # one row per (image, class)
+        img_idx = [i for i, cs in enumerate(chosen) for _ in cs]
+        cls_idx = [c for cs in chosen for c in cs]
+        xb = x[img_idx]
+        cb = torch.tensor(cls_idx)
+        m, logits_b = self.masks(xb, cb)
+        xd = xb.to(self.device)
+        cbd = cb.to(self.device)
+        p_img = logits_b.softmax(1).gather(1, cbd[:, None]).squeeze(1)
+        if with_probabilities:
+            pk = self.black_box(xd * m).softmax(1).gather(1, cbd[:, None]).squeeze(1)
+            pd = self.black_box(xd * (1 - m)).softmax(1).gather(1, cbd[:, None]).squeeze(1)
+        else:
+            pk = pd = torch.full_like(p_img, float("nan"))
+        results: list[list[Explanation]] = [[] for _ in images]
+        for row, (i, c) in enumerate(zip(img_idx, cls_idx, strict=True)):
+            im = images[i]
+            full = (
+                F.interpolate(
+                    m[row : row + 1].float(),
+                    size=(im.height, im.width),
+                    mode="bilinear",
+                    align_corners=False,
+                )[0, 0]
+                .clamp(0, 1)
+                .cpu()
+            )
+            results[i].append(
+                Explanation(
+                    class_index=c,
+                    class_name=self.black_box.class_names[c],
+                    mask=full,
+                    p_image=float(p_img[row]),
+                    p_preserved=float(pk[row]),
+                    p_destroyed=float(pd[row]),
+                    area=float(full.mean()),
+                    box=threshold_box(full),
+                )
+            )
+        return results
+
+
+def batched_by_size(
+    items: Iterable[tuple[Any, Image.Image]], explainer: Explainer, batch_size: int
+) -> Iterator[list[tuple[Any, Image.Image]]]:
+    """Group consecutive images that share a model resolution into batches."""
+    batch: list[tuple[Any, Image.Image]] = []
+    size = None
+    for key, im in items:
+        s = explainer.model_size(im)
+        if batch and (s != size or len(batch) >= batch_size):
+            yield batch
+            batch = []
+        batch.append((key, im))
+        size = s
+    if batch:
+        yield batch
+
+
+def slug(text: str) -> str:
+    out = "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
+    while "__" in out:
+        out = out.replace("__", "_")
+    return out or "class"

@@ -1,0 +1,205 @@
+"""Explaining files and folders: expand inputs, stream them in batches, write masks, overlays,
+the Figure-1 pair and a contact sheet; report unreadable files without stopping."""
+
+from __future__ import annotations
+
+import glob
+import html
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rtsal.errors import DataError, RtsalError
+from rtsal.explain import Explainer, Explanation, batched_by_size, slug
+from rtsal.images import IMAGE_EXTENSIONS, is_image_path, load_image, pil_to_tensor
+from rtsal.visualize import overlay
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
+@dataclass
+class InputItem:
+    path: Path
+    name: str  # unique output stem, from the path relative to the input it came from
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[str]]:
+    """Files, folders (recursively) and globs -> image items; missing inputs are reported."""
+    items: list[InputItem] = []
+    missing: list[str] = []
+    seen: set[Path] = set()
+
+    def add(p: Path, root: Path | None) -> None:
+        rp = p.resolve()
+        if rp in seen:
+            return
+        seen.add(rp)
+        rel = p.relative_to(root) if root is not None else Path(p.name)
+        name = "__".join(rel.with_suffix("").parts)
+        items.append(InputItem(p, name))
+
+    for spec in inputs:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(f, p)
+        elif p.is_file():
+            add(p, None)
+        elif any(ch in spec for ch in "*?["):
+            hits = sorted(Path(h) for h in glob.glob(spec, recursive=True))
+            files = [h for h in hits if h.is_file() and is_image_path(h)]
+            if not files:
+                missing.append(f"{spec}: no image matches")
+            for f in files:
+                add(f, None)
+        else:
+            missing.append(f"{spec}: no such file or directory")
+    names: dict[str, int] = {}
+    for it in items:  # make output stems unique
+        n = names.get(it.name, 0)
+        names[it.name] = n + 1
+        if n:
+            it.name = f"{it.name}_{n}"
+    return items, missing
+
+
+@dataclass
+class ExplainSummary:
+    explained: int = 0
+    failed: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _save_outputs(
+    out: Path, stem: str, im: Image.Image, e: Explanation, save_npy: bool
+) -> dict[str, str]:
+    base = f"{stem}.{slug(e.class_name)}"
+    x = pil_to_tensor(im)  # (3, H, W)
+    m = e.mask[None]  # (1, H, W)
+    files = {}
+    mask_img = Image.fromarray((e.mask.numpy() * 255 + 0.5).astype(np.uint8), mode="L")
+    files["mask"] = out / f"{base}.mask.png"
+    mask_img.save(files["mask"])
+    files["overlay"] = out / f"{base}.overlay.jpg"
+    overlay(x, m).save(files["overlay"], quality=90)
+    pair = torch.cat(
+        [x * m, torch.ones(3, x.shape[1], max(4, x.shape[2] // 50)), x * (1 - m)], dim=2
+    )
+    files["pair"] = out / f"{base}.pair.jpg"
+    Image.fromarray((pair.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(
+        files["pair"], quality=90
+    )
+    if save_npy:
+        files["npy"] = out / f"{base}.mask.npy"
+        np.save(files["npy"], e.mask.numpy().astype(np.float32))
+    return {k: str(v) for k, v in files.items()}
+
+
+def record_for(
+    path: Path, im: Image.Image, e: Explanation, files: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "input": str(path),
+        "width": im.width,
+        "height": im.height,
+        "class_index": e.class_index,
+        "class_name": e.class_name,
+        "p_image": round(e.p_image, 6),
+        "p_image_times_mask": round(e.p_preserved, 6),
+        "p_image_times_inverse_mask": round(e.p_destroyed, 6),
+        "mask_area": round(e.area, 6),
+        "box": list(e.box) if e.box else None,
+        "files": files,
+    }
+
+
+def _read_all(
+    items: Sequence[InputItem], summary: ExplainSummary, report: Callable[[str], None]
+) -> Iterator[tuple[InputItem, Image.Image]]:
+    for it in items:
+        try:
+            yield it, load_image(it.path)
+        except DataError as exc:
+            summary.failed.append(str(exc))
+            report(str(exc))
+
+
+def explain_files(
+    explainer: Explainer,
+    items: Sequence[InputItem],
+    *,
+    out: Path | None,
+    classes: Sequence[int] | None = None,
+    topk: int | None = None,
+    batch_size: int = 16,
+    save_npy: bool = False,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> ExplainSummary:
+    """Explain every readable image; unreadable ones are counted in ``summary.failed``."""
+    summary = ExplainSummary()
+    report = on_error or (lambda msg: None)
+    for batch in batched_by_size(_read_all(items, summary, report), explainer, batch_size):
+        results = explainer.explain_batch([im for _, im in batch], classes, topk)
+        for (it, im), expls in zip(batch, results, strict=True):
+            for e in expls:
+                files = _save_outputs(out, it.name, im, e, save_npy) if out else {}
+                rec = record_for(it.path, im, e, files)
+                summary.records.append({k: v for k, v in rec.items()})
+                if on_record:
+                    on_record(rec)
+            summary.explained += 1
+            if on_image:
+                on_image()
+    if out is not None and summary.records:
+        write_contact_sheet(out, summary)
+    return summary
+
+
+def write_contact_sheet(out: Path, summary: ExplainSummary) -> Path:
+    """``index.html``: one row per image and class with its overlay, mask and pair."""
+    rows = []
+    for r in summary.records:
+        f = {k: Path(v).name for k, v in r["files"].items()}
+        rows.append(
+            "<tr>"
+            f"<td><img src='{html.escape(f['overlay'])}'></td>"
+            f"<td><img src='{html.escape(f['mask'])}'></td>"
+            f"<td><img src='{html.escape(f['pair'])}'></td>"
+            f"<td><b>{html.escape(r['class_name'])}</b> ({r['class_index']})<br>"
+            f"{html.escape(Path(r['input']).name)}<br>"
+            f"p(image) {r['p_image']:.3f}<br>p(image&times;M) {r['p_image_times_mask']:.3f}<br>"
+            f"p(image&times;(1&minus;M)) {r['p_image_times_inverse_mask']:.3f}<br>"
+            f"mask area {r['mask_area']:.3f}</td></tr>"
+        )
+    failed = "".join(f"<li>{html.escape(m)}</li>" for m in summary.failed)
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>rtsal explanations</title>"
+        "<style>body{font-family:sans-serif}img{max-height:180px}td{padding:4px;"
+        "vertical-align:top}</style>"
+        f"<h1>rtsal: {summary.explained} images explained</h1>"
+        "<table><tr><th>overlay</th><th>mask</th><th>image &times; M | image &times; (1&minus;M)"
+        "</th><th>class</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + (f"<h2>Not explained</h2><ul>{failed}</ul>" if failed else "")
+    )
+    path = out / "index.html"
+    path.write_text(page)
+    (out / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary.records))
+    return path
+
+
+def check_inputs_exist(items: Sequence[InputItem], missing: Sequence[str]) -> None:
+    if not items and missing:
+        raise RtsalError(missing[0] if len(missing) == 1 else f"no inputs found ({missing[0]})")
+    if not items:
+        raise RtsalError("no image files among the inputs")
