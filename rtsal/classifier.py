@@ -44,27 +44,68 @@ class _Residual(nn.Module):
         return x + self.body(x)
 
 
-class ResNet9(nn.Module):
+class _MultiScale:
+    """The timm-style interface that lets a masking model reuse a classifier as its encoder:
+    ``forward_intermediates`` (every stage's map), ``forward_head``, ``feature_info``."""
+
+    stage_ends: tuple[int, ...]
+    stage_strides: tuple[int, ...]
+    stage_channels: tuple[int, ...]
+
+    @property
+    def feature_info(self) -> list[dict[str, int]]:
+        return [
+            {"reduction": s, "num_chs": c}
+            for s, c in zip(self.stage_strides, self.stage_channels, strict=True)
+        ]
+
+    @property
+    def num_features(self) -> int:
+        return self.stage_channels[-1]
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+    def _stages(self) -> nn.Sequential:
+        raise NotImplementedError
+
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        inter = []
+        for i, layer in enumerate(self._stages()):
+            x = layer(x)
+            if i in self.stage_ends:
+                inter.append(x)
+        return x, inter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self._stages()(x))
+
+
+class ResNet9(_MultiScale, nn.Module):
     """The fast CIFAR ResNet ("ResNet-9"): prep, three pooled stages (two with residuals)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            _conv_bn(in_channels, w),
-            _conv_bn(w, 2 * w, pool=True),
+            _conv_bn(in_channels, w),  # stride 1
+            _conv_bn(w, 2 * w, pool=True),  # stride 2
             _Residual(2 * w),
-            _conv_bn(2 * w, 4 * w, pool=True),
-            _conv_bn(4 * w, 8 * w, pool=True),
+            _conv_bn(2 * w, 4 * w, pool=True),  # stride 4
+            _conv_bn(4 * w, 8 * w, pool=True),  # stride 8
             _Residual(8 * w),
         )
+        self.stage_ends = (0, 2, 3, 5)
+        self.stage_strides = (1, 2, 4, 8)
+        self.stage_channels = (w, 2 * w, 4 * w, 8 * w)
         self.fc = nn.Linear(8 * w, num_classes, bias=False)
         self.logit_scale = 0.125  # keeps initial logits small
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, 8w, H/8, W/8)
-        x = torch.amax(x, dim=(2, 3))
-        return self.fc(x) * self.logit_scale
+    def _stages(self) -> nn.Sequential:
+        return self.features
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, 8w, H/8, W/8) -> (B, K)
+        return self.fc(torch.amax(x, dim=(2, 3))) * self.logit_scale
 
 
 class _BasicBlock(nn.Module):
@@ -85,25 +126,32 @@ class _BasicBlock(nn.Module):
         return F.relu(self.b2(self.c2(y)) + self.short(x))
 
 
-class ResNet18Small(nn.Module):
+class ResNet18Small(_MultiScale, nn.Module):
     """ResNet-18 for 32 px inputs: 3x3 stem, no max-pool, four stages of two basic blocks."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
         super().__init__()
         w = width
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True)
-        )
-        layers, c = [], w
+        layers: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True)
+            )
+        ]
+        c = w
         for i, mult in enumerate((1, 2, 4, 8)):
             stride = 1 if i == 0 else 2
             layers += [_BasicBlock(c, w * mult, stride), _BasicBlock(w * mult, w * mult, 1)]
             c = w * mult
         self.layers = nn.Sequential(*layers)
+        self.stage_ends = (2, 4, 6, 8)
+        self.stage_strides = (1, 2, 4, 8)
+        self.stage_channels = (w, 2 * w, 4 * w, 8 * w)
         self.fc = nn.Linear(c, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.stem(x))
+    def _stages(self) -> nn.Sequential:
+        return self.layers
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.mean(dim=(2, 3)))
 
 

@@ -30,8 +30,12 @@ def checkpoint(tmp_path_factory) -> Path:
 
     box = create_black_box("efficientnet_lite0")
     torch.manual_seed(0)
-    cfg = MaskerConfig(num_classes=1000, encoder="blackbox", embedding="classifier-tied",
-                       upsampler_channels=(64, 32, 16))
+    cfg = MaskerConfig(
+        num_classes=1000,
+        encoder="blackbox",
+        embedding="classifier-tied",
+        upsampler_channels=(64, 32, 16),
+    )
     model = build_masking_model(cfg, box)
     out = tmp_path_factory.mktemp("ckpt") / "lite0"
     save_masker(out, model, box, training={}, final_losses={}, objective={})
@@ -51,8 +55,17 @@ def _records(stdout: str) -> list[dict]:
 
 
 def test_json_fields_are_consistent(checkpoint, photos, tmp_path):
-    run = run_rtsal("explain", photos, "--checkpoint", checkpoint, "--out", tmp_path, "--json",
-                    "--save-npy", env=PLUGINS)
+    run = run_rtsal(
+        "explain",
+        photos,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path,
+        "--json",
+        "--save-npy",
+        env=PLUGINS,
+    )
     assert run.code == 0, run.stderr
     recs = _records(run.stdout)
     assert {Path(r["input"]).name for r in recs} == {"chelsea.jpg", "coffee.png"}
@@ -78,19 +91,44 @@ def test_json_fields_are_consistent(checkpoint, photos, tmp_path):
 
 
 def test_classes_by_name_and_topk(checkpoint, photos):
-    run = run_rtsal("explain", photos / "chelsea.jpg", "--checkpoint", checkpoint, "--json",
-                    "--class", "beagle", "--class", "egyptian_cat", env=PLUGINS)
+    run = run_rtsal(
+        "explain",
+        photos / "chelsea.jpg",
+        "--checkpoint",
+        checkpoint,
+        "--json",
+        "--class",
+        "beagle",
+        "--class",
+        "egyptian_cat",
+        env=PLUGINS,
+    )
     assert run.code == 0, run.stderr
     assert [r["class_index"] for r in _records(run.stdout)] == [162, 285]
-    run = run_rtsal("explain", photos / "coffee.png", "--checkpoint", checkpoint, "--json",
-                    "--topk", 3, env=PLUGINS)
+    run = run_rtsal(
+        "explain",
+        photos / "coffee.png",
+        "--checkpoint",
+        checkpoint,
+        "--json",
+        "--topk",
+        3,
+        env=PLUGINS,
+    )
     recs = _records(run.stdout)
     assert len(recs) == 3 and recs[0]["p_image"] >= recs[1]["p_image"] >= recs[2]["p_image"]
 
 
 def test_unknown_class_is_one_line(checkpoint, photos):
-    run = run_rtsal("explain", photos / "chelsea.jpg", "--checkpoint", checkpoint,
-                    "--class", "beagel", env=PLUGINS)
+    run = run_rtsal(
+        "explain",
+        photos / "chelsea.jpg",
+        "--checkpoint",
+        checkpoint,
+        "--class",
+        "beagel",
+        env=PLUGINS,
+    )
     assert_one_line_error(run, "unknown class 'beagel'", "beagle")
 
 
@@ -106,8 +144,9 @@ def test_every_image_mode(checkpoint, tmp_path):
     rgb.save(src / "web.webp")
     rgb.save(src / "tiff.tif")
     rgb.save(src / "bitmap.bmp")
-    run = run_rtsal("explain", src, "--checkpoint", checkpoint, "--json", "--out",
-                    tmp_path / "out", env=PLUGINS)
+    run = run_rtsal(
+        "explain", src, "--checkpoint", checkpoint, "--json", "--out", tmp_path / "out", env=PLUGINS
+    )
     assert run.code == 0, run.stderr
     recs = _records(run.stdout)
     assert len(recs) == 7
@@ -120,8 +159,9 @@ def test_exif_orientation_is_honoured(checkpoint, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees when displayed
     rgb.save(tmp_path / "rotated.jpg", exif=exif)
-    run = run_rtsal("explain", tmp_path / "rotated.jpg", "--checkpoint", checkpoint, "--json",
-                    env=PLUGINS)
+    run = run_rtsal(
+        "explain", tmp_path / "rotated.jpg", "--checkpoint", checkpoint, "--json", env=PLUGINS
+    )
     assert run.code == 0, run.stderr
     r = _records(run.stdout)[0]
     assert (r["width"], r["height"]) == (300, 451)

@@ -48,12 +48,13 @@ def _register_commands() -> None:
 
 
 def _register_builtin_commands() -> None:
-    from rtsal.cli import blackboxes, classifier, evaluate, explain, train
+    from rtsal.cli import blackboxes, classifier, evaluate, explain, metric, train
 
     train.register(app)
     explain.register(app)
     classifier.register(app)
     evaluate.register(app)
+    metric.register(app)
     blackboxes.register(app)
 
 

@@ -69,15 +69,15 @@ def evaluate(
     ).removal
     loader = make_loader(ds, batch_size, shuffle=False)
     with progress_bar() as progress:
-        report, first = evaluate_masker(
+        report = evaluate_masker(
             model, box, loader, removal=removal, seed=seed, device=dev, progress=progress
         )
     result = {"checkpoint": str(checkpoint), "data": data, "split": split, **report.to_dict()}
     if out_dir is not None:
         if grid > 0:
-            n = min(grid, first["images"].shape[0])
-            names = [box.class_names[i] for i in first["labels"][:n].tolist()]
-            figure6_grid(first["images"][:n], first["masks"][:n], names).save(out_dir / "grid.png")
+            images, masks, labels = grid_sample(model, ds, grid, seed, dev)
+            names = [box.class_names[i] for i in labels]
+            figure6_grid(images, masks, names).save(out_dir / "grid.png")
             result["grid"] = str(out_dir / "grid.png")
         (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     if json_out:
@@ -94,6 +94,20 @@ def evaluate(
     )
     if out_dir is not None:
         err.print(f"wrote {out_dir / 'report.json'}", highlight=False)
+
+
+def grid_sample(model, dataset, n: int, seed: int, device):
+    """A seeded sample of ``n`` images spread over the whole set, with their true-class masks."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randperm(len(dataset), generator=g)[: min(n, len(dataset))].tolist()
+    pairs = [dataset[i] for i in idx]
+    x = torch.stack([p[0] for p in pairs])
+    y = torch.tensor([int(p[1]) for p in pairs])
+    with torch.inference_mode():
+        m = model(x.to(device), y.to(device)).mask.cpu()
+    return x, m, y.tolist()
 
 
 def register(app: typer.Typer) -> None:

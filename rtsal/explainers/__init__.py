@@ -44,7 +44,18 @@ class CentreBoxMethod:
         return masks
 
 
+class MaxBoxMethod:
+    """Baseline: the whole image."""
+
+    def __init__(self, black_box: Any = None, **_: Any):
+        pass
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return images.new_ones(images.shape[0], 1, *images.shape[-2:])
+
+
 @hookimpl
 def register_methods(register):
     register("masker", MaskingModelMethod, summary="real-time masking model (this paper)")
     register("centre-box", CentreBoxMethod, summary="centred box of half the image area")
+    register("max-box", MaxBoxMethod, summary="the whole image")
