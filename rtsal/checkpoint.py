@@ -221,3 +221,14 @@ def load_masker(path: str | Path, black_box=None, *, device: str | torch.device 
     model.eval()
     dev = torch.device(device) if isinstance(device, str) else device
     return model.to(dev), black_box.to(dev), meta
+
+
+def convert_checkpoint(
+    src: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Copy a masking-model checkpoint with its floating-point weights stored as ``dtype``
+    (half precision halves the size; weights are cast back to float32 on load)."""
+    sd, meta, _ = read_checkpoint(src, expected_format=MASKER_FORMAT)
+    small = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    meta = {**meta, "stored_dtype": str(dtype).replace("torch.", "")}
+    return write_checkpoint(dst, small, meta)

@@ -15,6 +15,7 @@ from PIL import Image
 from rtsal.classes import ClassResolver
 from rtsal.errors import RtsalError
 from rtsal.images import pil_to_tensor
+from rtsal.model import EncoderFeatures
 
 SHIPPED = Path(__file__).parent / "assets" / "efficientnet_lite0"
 
@@ -117,21 +118,28 @@ class Explainer:
         return pil_to_tensor(im.resize((w, h), self.interp))
 
     # ---------------------------------------------------------------- masks
-    @torch.inference_mode()
-    def masks(self, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks (B, 1, h, w) and black-box logits (B, K) for a batch at model resolution."""
-        x = x.to(self.device)
-        classes = classes.to(self.device)
-        if self.model is not None:
-            shared = self.model.config.encoder == "blackbox"
-            out = self.model(x, classes, with_logits=shared)
-            logits = out.logits if shared else self.black_box(x)
-            return out.mask, logits
-        return self.method.explain(x, classes), self.black_box(x)
+    @property
+    def shared_encoder(self) -> bool:
+        return self.model is not None and self.model.config.encoder == "blackbox"
 
     @torch.inference_mode()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.black_box(x.to(self.device))
+    def masks(
+        self, x: torch.Tensor, classes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masks (B, 1, h, w), black-box logits (B, K) and the classes explained (B,).
+
+        ``classes=None`` explains each image's top-1 class; with an encoder shared with the black
+        box, one backbone pass gives both the prediction and the mask.
+        """
+        x = x.to(self.device)
+        if self.model is not None:
+            feats = self.model.encode(x, with_logits=self.shared_encoder)
+            logits = feats.logits if self.shared_encoder else self.black_box(x)
+            classes = logits.argmax(1) if classes is None else classes.to(self.device)
+            return self.model.decode(feats, classes, x.shape[-2:]).mask, logits, classes
+        logits = self.black_box(x)
+        classes = logits.argmax(1) if classes is None else classes.to(self.device)
+        return self.method.explain(x, classes), logits, classes
 
     def select_classes(
         self, logits: torch.Tensor, classes: Sequence[int] | None, topk: int | None
@@ -149,28 +157,37 @@ class Explainer:
         topk: int | None = None,
         with_probabilities: bool = True,
     ) -> list[list[Explanation]]:
-        """Explain same-sized (at model resolution) images; one list of explanations per image."""
-        x = torch.stack([self.prepare(im) for im in images])  # (B, C, h, w)
-        logits = self.predict(x) if not classes else None
-        chosen = self.select_classes(
-            logits if logits is not None else x.new_zeros(len(images), 1), classes, topk
-        )
-        # one row per (image, class)
-        img_idx = [i for i, cs in enumerate(chosen) for _ in cs]
-        cls_idx = [c for cs in chosen for c in cs]
-        xb = x[img_idx]
-        cb = torch.tensor(cls_idx)
-        m, logits_b = self.masks(xb, cb)
-        xd = xb.to(self.device)
-        cbd = cb.to(self.device)
-        p_img = logits_b.softmax(1).gather(1, cbd[:, None]).squeeze(1)
+        """Explain same-sized (at model resolution) images; one list of explanations per image.
+
+        One encoder pass per image serves the prediction and every class explained.
+        """
+        x = torch.stack([self.prepare(im) for im in images]).to(self.device)  # (B, C, h, w)
+        feats = None
+        if self.model is not None:
+            feats = self.model.encode(x, with_logits=self.shared_encoder)
+            logits = feats.logits if self.shared_encoder else self.black_box(x)
+        else:
+            logits = self.black_box(x)
+        chosen = self.select_classes(logits, classes, topk)
+        img_idx = torch.tensor([i for i, cs in enumerate(chosen) for _ in cs], device=x.device)
+        cb = torch.tensor([c for cs in chosen for c in cs], device=x.device)
+        xb = x[img_idx]  # one row per (image, class)
+        if feats is not None:
+            rows = EncoderFeatures([t[img_idx] for t in feats.skips], feats.coarsest[img_idx])
+            m = self.model.decode(rows, cb, x.shape[-2:]).mask
+        else:
+            m = self.method.explain(xb, cb)
+
+        def prob(lg: torch.Tensor) -> torch.Tensor:
+            return lg.softmax(1).gather(1, cb[:, None]).squeeze(1)
+
+        p_img = prob(logits[img_idx])
         if with_probabilities:
-            pk = self.black_box(xd * m).softmax(1).gather(1, cbd[:, None]).squeeze(1)
-            pd = self.black_box(xd * (1 - m)).softmax(1).gather(1, cbd[:, None]).squeeze(1)
+            pk, pd = prob(self.black_box(xb * m)), prob(self.black_box(xb * (1 - m)))
         else:
             pk = pd = torch.full_like(p_img, float("nan"))
         results: list[list[Explanation]] = [[] for _ in images]
-        for row, (i, c) in enumerate(zip(img_idx, cls_idx, strict=True)):
+        for row, (i, c) in enumerate(zip(img_idx.tolist(), cb.tolist(), strict=True)):
             im = images[i]
             full = (
                 F.interpolate(

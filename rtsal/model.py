@@ -276,16 +276,26 @@ class MaskingModel(nn.Module):
             sd = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
         return sd
 
-    def forward(
-        self, images: torch.Tensor, classes: torch.Tensor, with_logits: bool = False
+    def encode(self, images: torch.Tensor, with_logits: bool = False) -> EncoderFeatures:
+        """The encoder pass; with a shared encoder it also yields the black box's logits."""
+        return self.encoder(images, with_logits=with_logits)
+
+    def decode(
+        self, feats: EncoderFeatures, classes: torch.Tensor, size: tuple[int, int]
     ) -> MaskerOutput:
-        feats = self.encoder(images, with_logits=with_logits)
+        """Class-specific mask from encoder features (one encoder pass serves many classes)."""
         x, gate_max = self.filter(feats.coarsest, classes)  # Eq. 7, (B, C, H/32, W/32)
         for block, idx in zip(self.upsamplers, self.skip_index, strict=True):
             x = block(x, feats.skips[idx])
         low = self.head(x)  # Eq. 8, (B, 1, H/4, W/4)
-        mask = F.interpolate(low, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        mask = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
         return MaskerOutput(mask.clamp(0, 1), low, gate_max, feats.logits)
+
+    def forward(
+        self, images: torch.Tensor, classes: torch.Tensor, with_logits: bool = False
+    ) -> MaskerOutput:
+        feats = self.encode(images, with_logits=with_logits)
+        return self.decode(feats, classes, images.shape[-2:])
 
 
 def build_encoder(config: MaskerConfig, black_box: Any | None) -> nn.Module:

@@ -82,8 +82,7 @@ def explain_video(
             t1 = time.perf_counter()
             x = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)[None]
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            c = cls if cls is not None else explainer.predict(x).argmax(1).cpu()
-            mask, _ = explainer.masks(x, c)
+            mask, _, _ = explainer.masks(x, cls)  # top-1 class when none is given
             model_seconds += time.perf_counter() - t1
             full = F.interpolate(
                 mask.float().cpu(), size=(H, W), mode="bilinear", align_corners=False

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# The main job on an embedded default, on a CPU in about two minutes: train a Fashion-MNIST
-# classifier, train a masking model against it, and report its quality with a Figure-6 grid.
+# The main job on an embedded default: explain real photographs (the ones shipped with
+# scikit-image) with rtsal's shipped ImageNet masking model for EfficientNet-Lite0, offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/quickstart}
-rtsal classifier train --data fashion-mnist --width 16 --epochs 1 --out "$OUT/classifier"
-rtsal train --blackbox "$OUT/classifier" --data fashion-mnist --steps 200 --batch-size 32 \
-  --out "$OUT/masker"
-rtsal evaluate "$OUT/masker" --data fashion-mnist --limit 2000 --out "$OUT/report"
-echo "see $OUT/report/grid.png and $OUT/report/report.json"
+mkdir -p "$OUT/photos"
+python - "$OUT/photos" <<'PY'
+import sys
+from pathlib import Path
+
+from PIL import Image
+from skimage import data
+
+out = Path(sys.argv[1])
+for name in ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left"):
+    Image.fromarray(getattr(data, name)()).save(out / f"{name}.jpg", quality=95)
+PY
+rtsal explain "$OUT/photos" --out "$OUT/explained"
+echo "open $OUT/explained/index.html"
