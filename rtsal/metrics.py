@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,3 +63,27 @@ def saliency_metric(black_box, image: torch.Tensor, box: Box, class_index: int) 
     dev = black_box.mean.device
     p = float(black_box.probabilities(crop[None].to(dev))[0, class_index])
     return {"score": saliency_score(a, p), "area": a, "probability": p}
+
+
+def mask_array(mask: torch.Tensor | np.ndarray) -> np.ndarray:
+    """One map as a float64 numpy array (H, W); accepts (H, W) or (1, H, W), tensor or array."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(mask, dtype=np.float64)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"expected a map of shape (H, W) or (1, H, W), got {arr.shape}")
+    return arr
+
+
+def resize_box(box: Box, size: tuple[int, int], new_size: tuple[int, int]) -> Box:
+    """Map ``box`` from an image of ``size`` (H, W) to one of ``new_size`` (H, W).
+
+    Edges are scaled (pixel ``[x, x + 1)`` spans the same fraction of the width before and after)
+    and rounded half up; the result keeps at least one pixel per side.
+    """
+    sy, sx = new_size[0] / size[0], new_size[1] / size[1]
+    x0, y0 = math.floor(box[0] * sx + 0.5), math.floor(box[1] * sy + 0.5)
+    x1, y1 = math.floor(box[2] * sx + 0.5), math.floor(box[3] * sy + 0.5)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)

@@ -25,11 +25,22 @@ def test_intermediates_match_the_forward_pass(arch):
 def test_a_classifier_serves_as_the_masking_models_encoder():
     torch.manual_seed(0)
     net = build_classifier("resnet9", 10, 3, 8)
-    box = BlackBox(net, name="r9", class_names=[str(i) for i in range(10)], mean=(0.5,) * 3,
-                   std=(0.25,) * 3, input_size=(32, 32))
+    box = BlackBox(
+        net,
+        name="r9",
+        class_names=[str(i) for i in range(10)],
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        input_size=(32, 32),
+    )
     assert box.shares_features
-    cfg = MaskerConfig(num_classes=10, encoder="blackbox", embedding="classifier-init",
-                       upsampler_channels=(16, 8), mask_stride=2)
+    cfg = MaskerConfig(
+        num_classes=10,
+        encoder="blackbox",
+        embedding="classifier-init",
+        upsampler_channels=(16, 8),
+        mask_stride=2,
+    )
     model = build_masking_model(cfg, box)
     torch.testing.assert_close(model.filter.embedding.weight, net.fc.weight)
     x = torch.rand(3, 3, 32, 32)

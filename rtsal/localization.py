@@ -1,0 +1,450 @@
+"""Weakly supervised localisation: boxes from saliency masks scored against ground-truth boxes.
+
+Two protocols, both "ground-truth class known" (the mask explains the annotated class):
+
+- **Localisation error** (Dabkowski & Gal 2017, Section 5.1; ILSVRC's localisation criterion
+  with the class given): threshold the mask at 0.5; the tightest box around *all* pixels above
+  it is the prediction; it is correct when its IoU with *any* ground-truth box is above 0.5
+  (strictly). A mask with no pixel above the threshold predicts nothing and counts as wrong.
+- **MaxBoxAcc** (Choe et al., "Evaluating Weakly Supervised Object Localization Methods Right",
+  CVPR 2020; reference code clovaai/wsolevaluation): for every threshold of a grid, the box
+  around the *largest connected component* above the threshold; the accuracy at each threshold;
+  the maximum over thresholds. V1 counts IoU >= 0.5; V2 averages the maxima at IoU >= 0.3, 0.5
+  and 0.7 and matches the best box among all components.
+
+Boxes are rtsal's ``Box = (x0, y0, x1, y1)``: 0-based pixel indices, x1 and y1 exclusive.
+The readers below turn Pascal VOC / ImageNet XML, COCO JSON and a plain CSV into
+``{image file name: [(class name, Box), ...]}`` and raise ``DataError`` on malformed input.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from rtsal.errors import DataError
+from rtsal.explain import threshold_box
+from rtsal.metrics import Box, box_iou, mask_array
+
+Annotations = dict[str, list[tuple[str, Box]]]
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+# --------------------------------------------------------------------------- the paper's protocol
+
+
+def mask_boxes(
+    masks: Iterable[torch.Tensor | np.ndarray], threshold: float = 0.5
+) -> list[Box | None]:
+    """Per mask ((H, W) or (1, H, W)), the tightest box around all pixels above ``threshold``;
+    None when there are none. A batch (B, 1, H, W) iterates as B masks."""
+    return [threshold_box(torch.as_tensor(_map32(m)), threshold) for m in masks]
+
+
+def _map32(mask: torch.Tensor | np.ndarray) -> np.ndarray:
+    # thresholds are compared in float32, the precision of rtsal's masks, so that a mask value
+    # written as 0.6 is not "above" the threshold 0.6
+    return mask_array(mask).astype(np.float32)
+
+
+def _check_lengths(pred: Sequence[Any], gt: Sequence[Sequence[Box]]) -> None:
+    if len(pred) != len(gt):
+        raise ValueError(f"{len(pred)} predictions but {len(gt)} ground-truth entries")
+    for i, boxes in enumerate(gt):
+        if len(boxes) == 0:
+            raise ValueError(f"image {i} has no ground-truth box")
+
+
+def localisation_correct(
+    pred_boxes: Sequence[Box | None],
+    gt_boxes_per_image: Sequence[Sequence[Box]],
+    iou_threshold: float = 0.5,
+) -> list[bool]:
+    """Per image: the predicted box has IoU > ``iou_threshold`` with any ground-truth box.
+
+    A prediction of None (an empty mask) is wrong. Dabkowski & Gal 2017, Section 5.1.
+    """
+    _check_lengths(pred_boxes, gt_boxes_per_image)
+    return [
+        box is not None and any(box_iou(box, g) > iou_threshold for g in gts)
+        for box, gts in zip(pred_boxes, gt_boxes_per_image, strict=True)
+    ]
+
+
+def localisation_error(
+    pred_boxes: Sequence[Box | None],
+    gt_boxes_per_image: Sequence[Sequence[Box]],
+    iou_threshold: float = 0.5,
+) -> float:
+    """Fraction of images whose predicted box is wrong (see ``localisation_correct``).
+
+    The paper reports it in percent: 36.7 % for the masking model on ImageNet val (ResNet-50).
+    """
+    correct = localisation_correct(pred_boxes, gt_boxes_per_image, iou_threshold)
+    if not correct:
+        raise ValueError("no images to evaluate")
+    return 1.0 - sum(correct) / len(correct)
+
+
+# --------------------------------------------------------------------------- MaxBoxAcc
+
+
+def _component_slices(on: np.ndarray) -> tuple[list[tuple[slice, slice]], np.ndarray]:
+    labels, n = ndimage.label(on, structure=_EIGHT_CONNECTED)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    return ndimage.find_objects(labels), sizes
+
+
+def _slice_box(s: tuple[slice, slice]) -> Box:
+    return s[1].start, s[0].start, s[1].stop, s[0].stop
+
+
+def component_boxes(mask: torch.Tensor | np.ndarray, threshold: float) -> list[Box]:
+    """Boxes of the 8-connected components of ``mask > threshold``, largest first (pixel count;
+    ties in label order, i.e. by first pixel in raster order)."""
+    slices, sizes = _component_slices(_map32(mask) > np.float32(threshold))
+    order = np.argsort(-sizes, kind="stable")
+    return [_slice_box(slices[i]) for i in order]
+
+
+def largest_component_box(mask: torch.Tensor | np.ndarray, threshold: float) -> Box | None:
+    """Tightest box around the largest 8-connected component of ``mask > threshold``; None if
+    no pixel is above the threshold."""
+    slices, sizes = _component_slices(_map32(mask) > np.float32(threshold))
+    if len(slices) == 0:
+        return None
+    return _slice_box(slices[int(np.argmax(sizes))])
+
+
+def threshold_grid(step: float = 0.01) -> np.ndarray:
+    """``0, step, 2 step, ...`` below 1, as wsolevaluation's ``np.arange(0, 1, step)``."""
+    n = math.ceil(1.0 / step - 1e-9)
+    return np.round(np.arange(n) * step, 12)
+
+
+def normalize_map(mask: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Min-max normalise to [0, 1] (float32); a constant map becomes all zeros
+    (wsolevaluation's ``normalize_scoremap``)."""
+    m = mask_array(mask)
+    lo, hi = float(m.min()), float(m.max())
+    if not np.isfinite(m).all() or hi == lo:
+        return np.zeros(m.shape, dtype=np.float32)
+    return ((m - lo) / (hi - lo)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MaxBoxAccResult:
+    """Accuracy at every (IoU threshold, mask threshold) and its maxima (fractions, not %)."""
+
+    thresholds: np.ndarray  # (T,) mask thresholds
+    iou_thresholds: tuple[float, ...]
+    accuracy: np.ndarray  # (len(iou_thresholds), T)
+    images: int
+
+    @property
+    def best(self) -> np.ndarray:
+        """Max over mask thresholds, one per IoU threshold."""
+        return self.accuracy.max(axis=1)
+
+    @property
+    def best_thresholds(self) -> np.ndarray:
+        """The first mask threshold reaching each maximum."""
+        return self.thresholds[self.accuracy.argmax(axis=1)]
+
+    @property
+    def value(self) -> float:
+        """MaxBoxAcc: the mean of ``best`` over the IoU thresholds (V1 has just one, 0.5)."""
+        return float(self.best.mean())
+
+    def to_dict(self) -> dict[str, Any]:
+        per_iou = {}
+        for iou, acc, tau in zip(self.iou_thresholds, self.best, self.best_thresholds, strict=True):
+            per_iou[f"{iou:g}"] = {"accuracy": float(acc), "mask_threshold": float(tau)}
+        return {"max_box_acc": self.value, "images": self.images, "per_iou": per_iou}
+
+
+def max_box_accuracy(
+    masks: Iterable[torch.Tensor | np.ndarray],
+    gt_boxes_per_image: Sequence[Sequence[Box]],
+    *,
+    thresholds: Sequence[float] | np.ndarray | None = None,
+    iou_thresholds: Sequence[float] = (0.5,),
+    all_components: bool = False,
+    normalize: bool = True,
+) -> MaxBoxAccResult:
+    """MaxBoxAcc (Choe et al., CVPR 2020), as clovaai/wsolevaluation computes it.
+
+    For each mask (min-max normalised unless ``normalize=False``) and each mask threshold τ
+    (default ``threshold_grid(0.01)``: 0, 0.01, ..., 0.99), the pixels ``> τ`` are split into
+    8-connected components. With ``all_components=False`` (MaxBoxAccV1) the box around the
+    largest component is the prediction; with ``True`` (V2's multi-contour evaluation) the best
+    of all components' boxes counts. A prediction is correct at IoU threshold δ when its IoU with
+    any ground-truth box is ``>= δ``. No pixel above τ is wrong. Accuracy per (δ, τ) over images;
+    MaxBoxAcc is the maximum over τ, averaged over δ.
+
+    Differences from the reference code, all at the level of single pixels: the map is
+    thresholded in float32 rather than after 8-bit quantisation; "largest" counts pixels
+    instead of the polygon area of an OpenCV contour; boxes are exact (the reference clips x1 to
+    W - 1 and scores boxes as inclusive); an empty threshold gives no box rather than the box
+    (0, 0, 0, 0).
+    """
+    grid = threshold_grid() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    ious = tuple(float(d) for d in iou_thresholds)
+    maps = [normalize_map(m) if normalize else _map32(m) for m in masks]
+    _check_lengths(maps, gt_boxes_per_image)
+    if not maps:
+        raise ValueError("no images to evaluate")
+    correct = np.zeros((len(ious), len(grid)), dtype=np.int64)
+    for m, gts in zip(maps, gt_boxes_per_image, strict=True):
+        for j, tau in enumerate(grid):
+            slices, sizes = _component_slices(m > np.float32(tau))
+            if not slices:
+                continue
+            chosen = slices if all_components else [slices[int(np.argmax(sizes))]]
+            best_iou = max(box_iou(_slice_box(s), g) for s in chosen for g in gts)
+            for i, delta in enumerate(ious):
+                correct[i, j] += best_iou >= delta
+    return MaxBoxAccResult(grid, ious, correct / len(maps), len(maps))
+
+
+def max_box_accuracy_v2(
+    masks: Iterable[torch.Tensor | np.ndarray],
+    gt_boxes_per_image: Sequence[Sequence[Box]],
+    *,
+    thresholds: Sequence[float] | np.ndarray | None = None,
+    normalize: bool = True,
+) -> MaxBoxAccResult:
+    """MaxBoxAccV2 (Choe et al., CVPR 2020): IoU thresholds 0.3, 0.5, 0.7 averaged, best box
+    among all connected components."""
+    return max_box_accuracy(
+        masks,
+        gt_boxes_per_image,
+        thresholds=thresholds,
+        iou_thresholds=(0.3, 0.5, 0.7),
+        all_components=True,
+        normalize=normalize,
+    )
+
+
+# --------------------------------------------------------------------------- box readers
+
+
+def _number(text: Any, where: str, field: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: {field} is {text!r}, not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: {field} is {text!r}, not a finite number")
+    return value
+
+
+def _round(v: float) -> int:
+    return math.floor(v + 0.5)
+
+
+def _checked_box(box: Box, where: str, shown: str) -> Box:
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise DataError(f"{where}: empty box {shown} (needs x1 > x0 and y1 > y0)")
+    return box
+
+
+def _voc_objects(path: Path, skip_difficult: bool) -> tuple[str, list[tuple[str, Box]]]:
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise DataError(f"{path}: not valid XML ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    name_el = root.find("filename")
+    image = name_el.text.strip() if name_el is not None and name_el.text else path.stem
+    objects: list[tuple[str, Box]] = []
+    for k, obj in enumerate(root.iter("object"), start=1):
+        where = f"{path}: object {k}"
+        cls = (obj.findtext("name") or "").strip()
+        if not cls:
+            raise DataError(f"{where} has no <name>")
+        where = f"{path}: object {k} ({cls})"
+        if skip_difficult and (obj.findtext("difficult") or "0").strip() == "1":
+            continue
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            raise DataError(f"{where} has no <bndbox>")
+        vals = {}
+        for tag in ("xmin", "ymin", "xmax", "ymax"):
+            text = bnd.findtext(tag)
+            if text is None:
+                raise DataError(f"{where}: <bndbox> has no <{tag}>")
+            vals[tag] = _round(_number(text.strip(), where, f"<{tag}>"))
+        # VOC pixels are 1-based and inclusive: columns xmin..xmax are 0-based xmin-1..xmax-1,
+        # i.e. the exclusive box [xmin - 1, xmax).
+        box = (vals["xmin"] - 1, vals["ymin"] - 1, vals["xmax"], vals["ymax"])
+        shown = "xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax}".format(**vals)
+        objects.append((cls, _checked_box(box, where, shown)))
+    return image, objects
+
+
+def read_voc_xml(path: str | Path, *, skip_difficult: bool = False) -> Annotations:
+    """Boxes of one Pascal VOC / ImageNet (ILSVRC) annotation file.
+
+    The key is the file's ``<filename>`` as written (ImageNet's carry no extension, e.g.
+    ``ILSVRC2012_val_00000001``; ``boxes_for`` matches such names by stem), or the XML file's
+    stem when it has none. Each ``<object>`` gives ``(<name>, box)``.
+
+    Coordinates: VOC's ``<bndbox>`` holds 1-based, inclusive pixel indices, so
+    ``xmin..xmax`` becomes rtsal's 0-based, exclusive ``(xmin - 1, ymin - 1, xmax, ymax)`` (the
+    width ``xmax - xmin + 1`` is kept). ImageNet's XML follows the same format and is converted
+    the same way. Fractional values (a few VOC 2012 files) are rounded half up.
+    """
+    image, objects = _voc_objects(Path(path), skip_difficult)
+    return {image: objects}
+
+
+def read_voc_dir(directory: str | Path, *, skip_difficult: bool = False) -> Annotations:
+    """All ``*.xml`` files of ``directory`` (not recursive), read with ``read_voc_xml``."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise DataError(f"annotation folder not found: {root}")
+    out: Annotations = {}
+    files = sorted(root.glob("*.xml"))
+    if not files:
+        raise DataError(f"{root}: no .xml annotation files")
+    for f in files:
+        image, objects = _voc_objects(f, skip_difficult)
+        out.setdefault(image, []).extend(objects)
+    return out
+
+
+def _require(entry: Any, keys: Sequence[str], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise DataError(f"{where} is not an object")
+    for key in keys:
+        if key not in entry:
+            raise DataError(f"{where} has no {key!r}")
+
+
+def read_coco_json(path: str | Path, *, skip_crowd: bool = False) -> Annotations:
+    """Boxes of a COCO instances file (``images``, ``annotations`` with ``bbox``,
+    ``categories``), keyed by each image's ``file_name``; images without annotations map to [].
+
+    COCO's ``bbox`` is ``[x, y, width, height]`` in continuous pixel coordinates (pixel i spans
+    [i, i + 1)); the box is ``(x, y, x + width, y + height)`` with each edge rounded half up.
+    ``skip_crowd`` drops ``iscrowd`` regions.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    _require(data, ("images", "annotations", "categories"), f"{path}: the top level")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            raise DataError(f"{path}: {key!r} is not a list")
+    categories: dict[Any, str] = {}
+    for k, cat in enumerate(data["categories"]):
+        _require(cat, ("id", "name"), f"{path}: categories[{k}]")
+        categories[cat["id"]] = str(cat["name"])
+    files: dict[Any, str] = {}
+    out: Annotations = {}
+    for k, im in enumerate(data["images"]):
+        _require(im, ("id", "file_name"), f"{path}: images[{k}]")
+        files[im["id"]] = str(im["file_name"])
+        out.setdefault(files[im["id"]], [])
+    for k, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{k}]"
+        _require(ann, ("image_id", "category_id", "bbox"), where)
+        if ann["image_id"] not in files:
+            raise DataError(f"{where}: image_id {ann['image_id']!r} is not among the images")
+        if ann["category_id"] not in categories:
+            raise DataError(f"{where}: category_id {ann['category_id']!r} is not a category")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise DataError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+        x, y, w, h = (_number(v, where, f"bbox[{i}]") for i, v in enumerate(bbox))
+        if skip_crowd and ann.get("iscrowd", 0):
+            continue
+        box = (_round(x), _round(y), _round(x + w), _round(y + h))
+        box = _checked_box(box, where, f"bbox={bbox!r}")
+        out[files[ann["image_id"]]].append((categories[ann["category_id"]], box))
+    return out
+
+
+CSV_COLUMNS = ("image", "class", "x0", "y0", "x1", "y1")
+
+
+def read_box_csv(path: str | Path) -> Annotations:
+    """Boxes of a CSV file with a header naming the columns ``image,class,x0,y0,x1,y1`` (in any
+    order; other columns are ignored), one box per row, in rtsal's convention: 0-based pixel
+    indices, x1 and y1 exclusive. Integer coordinates (``3`` or ``3.0``) are expected;
+    fractional ones are rounded half up."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in CSV_COLUMNS if c not in header]
+            if missing:
+                raise DataError(
+                    f"{path}: the header must name the columns {','.join(CSV_COLUMNS)} "
+                    f"(missing: {', '.join(missing)})"
+                )
+            reader.fieldnames = header
+            out: Annotations = {}
+            for row in reader:
+                where = f"{path}: line {reader.line_num}"
+                values = {c: (row.get(c) or "").strip() for c in CSV_COLUMNS}
+                empty = [c for c in CSV_COLUMNS if not values[c]]
+                if empty:
+                    raise DataError(f"{where}: missing {', '.join(empty)}")
+                x0, y0, x1, y1 = (_round(_number(values[c], where, c)) for c in CSV_COLUMNS[2:])
+                box = _checked_box((x0, y0, x1, y1), where, f"({x0}, {y0}, {x1}, {y1})")
+                out.setdefault(values["image"], []).append((values["class"], box))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
+    return out
+
+
+def read_boxes(path: str | Path) -> Annotations:
+    """Read ground-truth boxes by form: a folder of VOC XML files, ``.xml``, ``.json`` (COCO)
+    or ``.csv``."""
+    p = Path(path)
+    if p.is_dir():
+        return read_voc_dir(p)
+    readers = {".xml": read_voc_xml, ".json": read_coco_json, ".csv": read_box_csv}
+    reader = readers.get(p.suffix.lower())
+    if reader is None:
+        raise DataError(f"{p}: unknown box file type (expected a folder, .xml, .json or .csv)")
+    if not p.exists():
+        raise DataError(f"box file not found: {p}")
+    return reader(p)
+
+
+def boxes_for(
+    annotations: Mapping[str, Sequence[tuple[str, Box]]], image: str, class_name: str | None = None
+) -> list[Box]:
+    """The boxes of ``image``, only those of ``class_name`` if given.
+
+    ``image`` may be a path: it is looked up as given, then by file name, then by stem (ImageNet's
+    XML names images without extension). An image without annotations gives [].
+    """
+    name = Path(image).name
+    entries: Sequence[tuple[str, Box]] = []
+    for key in (image, name, Path(name).stem):
+        if key in annotations:
+            entries = annotations[key]
+            break
+    return [box for cls, box in entries if class_name is None or cls == class_name]
