@@ -8,6 +8,11 @@ import torch
 
 from rtsal import hookimpl
 from rtsal.errors import RtsalError
+from rtsal.explainers.contrast import ContrastMethod
+from rtsal.explainers.gradcam import GradCAMMethod
+from rtsal.explainers.gradient import GradientMethod
+from rtsal.explainers.guided import GuidedBackpropMethod
+from rtsal.explainers.iterative import IterativeMaskMethod
 
 
 class MaskingModelMethod:
@@ -59,3 +64,20 @@ def register_methods(register):
     register("masker", MaskingModelMethod, summary="real-time masking model (this paper)")
     register("centre-box", CentreBoxMethod, summary="centred box of half the image area")
     register("max-box", MaxBoxMethod, summary="the whole image")
+    register("gradient", GradientMethod, summary="|d logit / d image| (Simonyan et al. 2014)")
+    register("gradcam", GradCAMMethod, summary="Grad-CAM (Selvaraju et al. 2017)")
+    register(
+        "guided-backprop",
+        GuidedBackpropMethod,
+        summary="guided backpropagation (Springenberg et al. 2015)",
+    )
+    register(
+        "iterative-mask",
+        IterativeMaskMethod,
+        summary="mask optimised per image on Eq. 4 (Fong & Vedaldi 2017 style)",
+    )
+    register(
+        "contrast",
+        ContrastMethod,
+        summary="input descent + superpixel/colour-contrast refinement (Pan et al. 2015)",
+    )
