@@ -68,6 +68,7 @@ class BlackBox(nn.Module):
         self.provider = provider
         self.pretrained = pretrained
         self.source = source
+        self.train(False)
 
     @property
     def num_classes(self) -> int:

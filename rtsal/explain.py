@@ -93,8 +93,15 @@ class Explainer:
             self.model, self.black_box, self.meta = load_masker(path, black_box, device=self.device)
             self.method = None
         else:
-            if black_box is None:
-                raise RtsalError(f"method {method!r} needs --blackbox")
+            if black_box is None:  # the black box of the (shipped) checkpoint
+                from rtsal.blackbox import create_black_box
+                from rtsal.checkpoint import read_meta
+
+                meta, _ = read_meta(checkpoint if checkpoint is not None else default_checkpoint())
+                bb = meta.get("black_box", {})
+                black_box = create_black_box(
+                    bb.get("name", ""), **meta.get("black_box_options", {})
+                )
             self.black_box = black_box.to(self.device)
             self.meta = {}
             self.method = create_method(method, self.black_box, **(method_options or {}))

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from rtsal.errors import UnknownNameError
+from rtsal.errors import RtsalError, UnknownNameError
 
 
 class ExplanationMethod(Protocol):
@@ -51,4 +51,24 @@ def create_method(name: str, black_box: Any, **options: Any) -> ExplanationMetho
     entry = entries.get(name.lower())
     if entry is None:
         raise UnknownNameError("method", name, [e.name for e in entries.values()])
-    return entry.factory(black_box, **options)
+    try:
+        return entry.factory(black_box, **options)
+    except TypeError as exc:  # an option the method does not take
+        raise RtsalError(f"method {entry.name!r}: {exc}") from None
+
+
+def parse_method_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["steps=50", "target_layer=layer4"]`` -> ``{"steps": 50, "target_layer": "layer4"}``;
+    values are read as JSON when they parse (numbers, booleans), else kept as strings."""
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise RtsalError(f"--method-option takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options

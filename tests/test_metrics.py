@@ -21,8 +21,14 @@ class Brightness(nn.Module):
 
 
 def brightness_box(size=(10, 10)) -> BlackBox:
-    return BlackBox(Brightness(), name="brightness", class_names=["bright", "dark"],
-                    mean=(0.0,) * 3, std=(1.0,) * 3, input_size=size)
+    return BlackBox(
+        Brightness(),
+        name="brightness",
+        class_names=["bright", "dark"],
+        mean=(0.0,) * 3,
+        std=(1.0,) * 3,
+        input_size=size,
+    )
 
 
 def test_saliency_score_by_hand():

@@ -48,7 +48,7 @@ def _register_commands() -> None:
 
 
 def _register_builtin_commands() -> None:
-    from rtsal.cli import blackboxes, classifier, evaluate, explain, metric, train
+    from rtsal.cli import blackboxes, classifier, evaluate, explain, methods, metric, train
 
     train.register(app)
     explain.register(app)
@@ -56,6 +56,7 @@ def _register_builtin_commands() -> None:
     evaluate.register(app)
     metric.register(app)
     blackboxes.register(app)
+    methods.register(app)
 
 
 def _register_plugin_commands() -> None:

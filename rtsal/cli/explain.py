@@ -44,7 +44,13 @@ def explain(
             help="Black box (checked against the checkpoint; required for other methods).",
         ),
     ] = None,
-    method: Annotated[str, typer.Option(help="Explanation method (see rtsal methods).")] = "masker",
+    method: Annotated[
+        str, typer.Option(help="Explanation method (rtsal methods lists them).")
+    ] = "masker",
+    method_option: Annotated[
+        list[str] | None,
+        typer.Option("--method-option", help="Option for the method, KEY=VALUE (repeatable)."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (or .mp4 file for a video).")
     ] = None,
@@ -70,12 +76,20 @@ def explain(
         expand_inputs,
         explain_files,
     )
+    from rtsal.methods import parse_method_options
 
     if topk is not None and topk < 1:
         raise typer.BadParameter("--topk must be at least 1")
     videos = [p for p in inputs if Path(p).suffix.lower() in VIDEO_EXTENSIONS]
     box = create_black_box(blackbox) if blackbox else None
-    explainer = Explainer(checkpoint, black_box=box, device=device, resize=resize, method=method)
+    explainer = Explainer(
+        checkpoint,
+        black_box=box,
+        device=device,
+        resize=resize,
+        method=method,
+        method_options=parse_method_options(method_option),
+    )
     classes = explainer.resolver.resolve_many(class_) if class_ else None
     if videos:
         from rtsal.video import explain_video

@@ -27,8 +27,12 @@ def metric(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="masker, centre-box, max-box, or a plugin's.")
+        str, typer.Option(help="Explanation method (rtsal methods lists them).")
     ] = "masker",
+    method_option: Annotated[
+        list[str] | None,
+        typer.Option("--method-option", help="Option for the method, KEY=VALUE (repeatable)."),
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Masking-model checkpoint (default: the shipped model).")
     ] = None,
@@ -48,23 +52,25 @@ def metric(
     """Saliency metric (lower is better), f_c on image x mask and image x (1 - mask), and mask
     areas for the true class and for an absent class."""
     from rtsal.blackbox import create_black_box
-    from rtsal.checkpoint import prepare_out_dir, read_meta
+    from rtsal.checkpoint import prepare_out_dir
     from rtsal.errors import RtsalError
     from rtsal.evaluate import evaluate_saliency
-    from rtsal.explain import Explainer, default_checkpoint
+    from rtsal.explain import Explainer
     from rtsal.labels import labelled_samples
+    from rtsal.methods import parse_method_options
 
     if (data is None) == (files is None):
         raise RtsalError("give exactly one of --data DIR or --files LIST")
     out_dir = prepare_out_dir(out) if out else None
-    if blackbox:
-        box = create_black_box(blackbox)
-    elif method != "masker":
-        meta, _ = read_meta(checkpoint or default_checkpoint())
-        box = create_black_box(meta["black_box"]["name"], **meta.get("black_box_options", {}))
-    else:
-        box = None
-    explainer = Explainer(checkpoint, black_box=box, device=device, resize=resize, method=method)
+    box = create_black_box(blackbox) if blackbox else None
+    explainer = Explainer(
+        checkpoint,
+        black_box=box,
+        device=device,
+        resize=resize,
+        method=method,
+        method_options=parse_method_options(method_option),
+    )
     samples = labelled_samples(explainer.resolver, data=data, files=files)[:limit]
     with progress_bar() as progress:
         rows: list[dict] = []
