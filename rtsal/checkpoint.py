@@ -37,9 +37,13 @@ def prepare_out_dir(path: str | Path) -> Path:
     return out
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; finished files get the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -49,6 +53,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete temporary files a killed writer left behind (never a finished file)."""
+    stale = [p for p in out.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_checkpoint(
@@ -64,9 +76,9 @@ def write_checkpoint(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    _atomic_write_bytes(out / weights_name, save(tensors, metadata={"format": meta["format"]}))
+    atomic_write_bytes(out / weights_name, save(tensors, metadata={"format": meta["format"]}))
     meta = {**meta, "weights": weights_name}
-    _atomic_write_bytes(out / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
     return out
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from rtsal._rng import AUGMENT, generator, mix
 from rtsal.classes import ClassResolver
 from rtsal.errors import DataError, RtsalError
 from rtsal.images import IMAGE_EXTENSIONS, load_image, pil_to_tensor
@@ -67,20 +68,27 @@ def cache_dir() -> Path:
 # --------------------------------------------------------------------------- in-memory sets
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True) -> torch.Tensor:
-    """Per-sample random translation (reflect padding) and horizontal flip of a batch."""
+def random_crop_flip(
+    x: torch.Tensor, pad: int, flip: bool = True, draws: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample random translation (reflect padding) and horizontal flip of a batch.
+
+    ``draws`` (B, 3) uniforms in [0, 1) fix the randomness (row shift, column shift, flip);
+    without them the global generator is used.
+    """
     B, C, H, W = x.shape
+    u = draws if draws is not None else torch.rand(B, 3)
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        i = torch.randint(0, 2 * pad + 1, (B,))
-        j = torch.randint(0, 2 * pad + 1, (B,))
+        i = (u[:, 0] * (2 * pad + 1)).long().clamp(max=2 * pad)
+        j = (u[:, 1] * (2 * pad + 1)).long().clamp(max=2 * pad)
         rows = (i[:, None] + torch.arange(H))[:, None, :, None]  # (B, 1, H, 1)
         cols = (j[:, None] + torch.arange(W))[:, None, None, :]  # (B, 1, 1, W)
         x = xp[
             torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None], rows, cols
         ]
     if flip:
-        f = torch.rand(B) < 0.5
+        f = u[:, 2] < 0.5
         x = torch.where(f[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -106,6 +114,11 @@ class TensorImageDataset(Dataset):
         self.augment = augment
         self.pad = pad
         self.name = name
+        self.aug_seed: int | None = None  # set: augmentation keyed by (seed, epoch, index)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, seed: int | None) -> None:
+        self.epoch, self.aug_seed = epoch, seed
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -114,7 +127,15 @@ class TensorImageDataset(Dataset):
         idx_t = torch.as_tensor(list(idx), dtype=torch.long)
         x = self.images[idx_t].float().div_(255)  # (B, C, H, W)
         if self.augment:
-            x = random_crop_flip(x, self.pad)
+            draws = None
+            if self.aug_seed is not None:
+                draws = torch.stack(
+                    [
+                        torch.rand(3, generator=generator(self.aug_seed, self.epoch, AUGMENT, i))
+                        for i in idx_t.tolist()
+                    ]
+                )
+            x = random_crop_flip(x, self.pad, draws=draws)
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False).clamp_(0, 1)
         return x, self.labels[idx_t]
@@ -173,6 +194,18 @@ class ImageFileDataset(Dataset):
         self.mode = mode
         self.name = name
         self._bad: set[int] = set()
+        self.aug_seed: int | None = None  # set: augmentation keyed by (seed, epoch, index)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, seed: int | None) -> None:
+        self.epoch, self.aug_seed = epoch, seed
+
+    def _transform(self, im, index: int):
+        if self.aug_seed is None:
+            return self.transform(im)
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
+            torch.manual_seed(mix(self.aug_seed, self.epoch, AUGMENT, index))
+            return self.transform(im)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -188,7 +221,7 @@ class ImageFileDataset(Dataset):
                     self._bad.add(j)
                     warnings.warn(f"skipping unreadable training image: {exc}", stacklevel=2)
                 continue
-            return pil_to_tensor(self.transform(im)), label
+            return pil_to_tensor(self._transform(im, i)), label
         raise DataError(f"no readable images in {self.name}")
 
 
@@ -474,3 +507,48 @@ def make_loader(
         persistent_workers=workers > 0,
         generator=g,
     )
+
+
+class EpochBatchSampler:
+    """Batches of one epoch in a seeded order, sharded over processes, resumable.
+
+    The epoch's order is a permutation keyed by ``(seed, epoch)``; global batch ``j`` is
+    ``perm[j*G:(j+1)*G]`` with ``G = batch_size * world_size`` and process ``rank`` takes its
+    ``batch_size`` slice, so one process with batch ``G`` sees exactly the samples that
+    ``world_size`` processes see together. ``start`` skips the first batches (resuming).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+    ):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start, self.rank, self.world = start, rank, world_size
+        self.drop_last = drop_last
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world
+
+    def num_batches(self) -> int:
+        full, rest = divmod(self.n, self.global_batch)
+        return full if (self.drop_last or rest < self.world) else full + 1
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start)
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=generator(self.seed, self.epoch)).tolist()
+        G = self.global_batch
+        for j in range(self.start, self.num_batches()):
+            chunk = perm[j * G : (j + 1) * G]
+            share = len(chunk) // self.world
+            yield chunk[self.rank * share : (self.rank + 1) * share]

@@ -39,6 +39,10 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _too_big(path: Path, limit: int, what: str) -> str:
+    return f"{path}: {what} exceeds the limit of {limit} pixels (set RTSAL_MAX_PIXELS to allow it)"
+
+
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     """Open ``path`` as an RGB (or ``"L"``) image, upright, or raise :class:`DataError`."""
     path = Path(path)
@@ -51,10 +55,7 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
             try:
                 with Image.open(path) as im:
                     if im.width * im.height > limit:
-                        raise DataError(
-                            f"{path}: {im.width}x{im.height} pixels exceeds the limit of "
-                            f"{limit} (set RTSAL_MAX_PIXELS to allow it)"
-                        )
+                        raise DataError(_too_big(path, limit, f"{im.width}x{im.height} pixels"))
                     im.load()
                     im = ImageOps.exif_transpose(im)
             finally:
@@ -68,9 +69,7 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(
-            f"{path}: image is larger than the pixel limit of {limit} (set RTSAL_MAX_PIXELS)"
-        ) from None
+        raise DataError(_too_big(path, limit, "the image")) from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (or an unsupported format)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -38,10 +38,13 @@ class MaskerConfig:
     mask_stride: int = 4  # resolution of the head relative to the image (paper: 4)
     embedding: str = "learned"  # see EMBEDDING_MODES
     embedding_init: str = ""  # where classifier-initialised vectors came from
+    norm: str = "batch"  # "batch" or "group" (batch-independent: same result on any sharding)
 
     def __post_init__(self) -> None:
         self.small_widths = tuple(self.small_widths)
         self.upsampler_channels = tuple(self.upsampler_channels)
+        if self.norm not in ("batch", "group"):
+            raise RtsalError(f"norm must be batch or group, got {self.norm!r}")
         if self.embedding not in EMBEDDING_MODES:
             raise RtsalError(f"embedding must be one of {EMBEDDING_MODES}, got {self.embedding!r}")
 
@@ -104,10 +107,19 @@ class TimmEncoder(nn.Module):
         return EncoderFeatures(list(inter), final, logits)
 
 
-def conv_bn_relu(c_in: int, c_out: int, stride: int = 1, k: int = 3) -> nn.Sequential:
+def norm2d(c: int, kind: str = "batch") -> nn.Module:
+    """BatchNorm, or GroupNorm with up to 8 groups (independent of the batch)."""
+    if kind == "group":
+        return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if c % g == 0), c)
+    return nn.BatchNorm2d(c)
+
+
+def conv_bn_relu(
+    c_in: int, c_out: int, stride: int = 1, k: int = 3, norm: str = "batch"
+) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False),
-        nn.BatchNorm2d(c_out),
+        norm2d(c_out, norm),
         nn.ReLU(inplace=True),
     )
 
@@ -117,11 +129,14 @@ class SmallEncoder(nn.Module):
 
     trainable = True
 
-    def __init__(self, in_channels: int, widths=(32, 64, 128), layers: int = 5):
+    def __init__(
+        self, in_channels: int, widths=(32, 64, 128), layers: int = 5, norm: str = "batch"
+    ):
         super().__init__()
         blocks, c = [], in_channels
         for w in widths:
-            convs = [conv_bn_relu(c, w, stride=2)] + [conv_bn_relu(w, w) for _ in range(layers - 1)]
+            convs = [conv_bn_relu(c, w, stride=2, norm=norm)]
+            convs += [conv_bn_relu(w, w, norm=norm) for _ in range(layers - 1)]
             blocks.append(nn.Sequential(*convs))
             c = w
         self.blocks = nn.ModuleList(blocks)
@@ -177,23 +192,23 @@ class FeatureFilter(nn.Module):
 class Bottleneck(nn.Module):
     """ResNet bottleneck: 1x1 reduce, 3x3, 1x1 expand, residual (projected if widths differ)."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, norm: str = "batch"):
         super().__init__()
         mid = max(c_out // 4, 8)
         self.body = nn.Sequential(
             nn.Conv2d(c_in, mid, 1, bias=False),
-            nn.BatchNorm2d(mid),
+            norm2d(mid, norm),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, 3, padding=1, bias=False),
-            nn.BatchNorm2d(mid),
+            norm2d(mid, norm),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid, c_out, 1, bias=False),
-            nn.BatchNorm2d(c_out),
+            norm2d(c_out, norm),
         )
         self.shortcut = (
             nn.Identity()
             if c_in == c_out
-            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), norm2d(c_out, norm))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,15 +218,15 @@ class Bottleneck(nn.Module):
 class UpsamplerBlock(nn.Module):
     """Transposed conv x2, concatenate the encoder map of that scale, bottleneck blocks."""
 
-    def __init__(self, c_in: int, c_skip: int, c_out: int, bottlenecks: int):
+    def __init__(self, c_in: int, c_skip: int, c_out: int, bottlenecks: int, norm: str = "batch"):
         super().__init__()
         self.up = nn.Sequential(
             nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2, bias=False),  # x2, no overlap
-            nn.BatchNorm2d(c_out),
+            norm2d(c_out, norm),
             nn.ReLU(inplace=True),
         )
-        blocks = [Bottleneck(c_out + c_skip, c_out)]
-        blocks += [Bottleneck(c_out, c_out) for _ in range(bottlenecks - 1)]
+        blocks = [Bottleneck(c_out + c_skip, c_out, norm)]
+        blocks += [Bottleneck(c_out, c_out, norm) for _ in range(bottlenecks - 1)]
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -264,7 +279,11 @@ class MaskingModel(nn.Module):
         self.skip_index = steps
         blocks, c = [], encoder.coarsest_channels
         for idx, c_out in zip(steps, config.upsampler_channels, strict=False):
-            blocks.append(UpsamplerBlock(c, encoder.skip_channels[idx], c_out, config.bottlenecks))
+            blocks.append(
+                UpsamplerBlock(
+                    c, encoder.skip_channels[idx], c_out, config.bottlenecks, config.norm
+                )
+            )
             c = c_out
         self.upsamplers = nn.ModuleList(blocks)
         self.head = MaskHead(c)
@@ -301,7 +320,9 @@ class MaskingModel(nn.Module):
 def build_encoder(config: MaskerConfig, black_box: Any | None) -> nn.Module:
     """The encoder a config names; ``"blackbox"`` reuses the black box's own network."""
     if config.encoder == "small":
-        return SmallEncoder(config.in_channels, config.small_widths, config.small_layers)
+        return SmallEncoder(
+            config.in_channels, config.small_widths, config.small_layers, config.norm
+        )
     if config.encoder == "blackbox":
         if black_box is None or not black_box.shares_features:
             raise RtsalError(

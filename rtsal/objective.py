@@ -165,6 +165,7 @@ class SaliencyObjective:
         classes: torch.Tensor,  # (B,) selectors
         labels: torch.Tensor | None = None,  # (B,) true labels
         is_real: torch.Tensor | None = None,  # (B,) bool
+        generators: tuple[list, list] | None = None,  # per-sample (keep, drop) generators
     ) -> LossTerms:
         cfg = self.config
         B = images.shape[0]
@@ -181,7 +182,13 @@ class SaliencyObjective:
             idx = is_real.nonzero().squeeze(1)
             if idx.numel():  # fake selectors: area term only
                 x, m, c = images[idx], mask[idx], classes[idx]
-                logits = self.black_box(torch.cat([self.removal(x, m), self.removal(x, 1 - m)]))
+                gk = gd = None
+                if generators is not None:
+                    gk = [generators[0][i] for i in idx.tolist()]
+                    gd = [generators[1][i] for i in idx.tolist()]
+                logits = self.black_box(
+                    torch.cat([self.removal(x, m, gk), self.removal(x, 1 - m, gd)])
+                )
                 keep, drop = logits.chunk(2)
                 p_drop = class_log_prob(drop, c).exp()
                 preserve = zero.index_put((idx,), -cfg.preserve_weight * class_log_prob(keep, c))
@@ -191,8 +198,9 @@ class SaliencyObjective:
         elif cfg.form == "authors":
             tv = cfg.tv_weight * smoothness_sum(mask, cfg.border_penalty)
             av = cfg.area_weight * area(mask, cfg.area_power)
+            gk, gd = generators if generators is not None else (None, None)
             logits = self.black_box(
-                torch.cat([self.removal(images, mask), self.removal(images, 1 - mask)])
+                torch.cat([self.removal(images, mask, gk), self.removal(images, 1 - mask, gd)])
             )
             keep, drop = logits.chunk(2)
             m_keep, m_drop = margin_to_best_other(keep, labels), margin_to_best_other(drop, labels)

@@ -18,12 +18,12 @@ from rtsal import hookspecs
 
 ENTRY_POINT_GROUP = "rtsal"
 
-DEFAULT_PLUGINS = (
-    "rtsal.providers.timm_provider",
-    "rtsal.providers.user_code",
-    "rtsal.providers.checkpoints",
-    "rtsal.explainers",
-)
+DEFAULT_PLUGINS = {  # plugin name -> module; registered exactly like third-party plugins
+    "builtin:timm": "rtsal.providers.timm_provider",
+    "builtin:user-code": "rtsal.providers.user_code",
+    "builtin:checkpoints": "rtsal.providers.checkpoints",
+    "builtin:methods": "rtsal.explainers",
+}
 
 
 class PluginWarning(UserWarning):
@@ -76,8 +76,8 @@ def load_entry_point_plugins(pm: pluggy.PluginManager) -> list[str]:
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     pm = pluggy.PluginManager("rtsal")
     pm.add_hookspecs(hookspecs)
-    for module_name in DEFAULT_PLUGINS:
-        pm.register(importlib.import_module(module_name), name=module_name)
+    for name, module_name in DEFAULT_PLUGINS.items():
+        pm.register(importlib.import_module(module_name), name=name)
     pm.check_pending()
     if load_entry_points:
         load_entry_point_plugins(pm)

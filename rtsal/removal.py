@@ -52,17 +52,44 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.reshape(B, C, H, W)
 
 
-def alternative_image(
-    x: torch.Tensor, config: RemovalConfig, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """A: per sample, a blurred X (prob ``blur_prob``) or a random colour with noise."""
+def _draws(
+    x: torch.Tensor, generator: torch.Generator | None, generators: list | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uniform colour (B, C, 1, 1), Gaussian noise (B, C, H, W), blur choice (B, 1, 1, 1)."""
     B, C, H, W = x.shape
     dev, dt = x.device, x.dtype
-    rand = lambda *shape: torch.rand(*shape, generator=generator, device=dev, dtype=dt)  # noqa: E731
-    colour = config.color_low + (config.color_high - config.color_low) * rand(B, C, 1, 1)
-    noise = torch.randn(B, C, H, W, generator=generator, device=dev, dtype=dt)
+    if generators is None:
+
+        def rand(*shape):
+            return torch.rand(*shape, generator=generator, device=dev, dtype=dt)
+
+        return (
+            rand(B, C, 1, 1),
+            torch.randn(B, C, H, W, generator=generator, device=dev, dtype=dt),
+            rand(B, 1, 1, 1),
+        )
+    # one generator per sample (CPU), so a sample's draws do not depend on its batch
+    colour = torch.stack([torch.rand(C, 1, 1, generator=g) for g in generators])
+    noise = torch.stack([torch.randn(C, H, W, generator=g) for g in generators])
+    choice = torch.stack([torch.rand(1, 1, 1, generator=g) for g in generators])
+    return colour.to(dev, dt), noise.to(dev, dt), choice.to(dev, dt)
+
+
+def alternative_image(
+    x: torch.Tensor,
+    config: RemovalConfig,
+    generator: torch.Generator | None = None,
+    generators: list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """A: per sample, a blurred X (prob ``blur_prob``) or a random colour with noise.
+
+    Draws come from ``generator`` (one stream for the batch) or ``generators`` (one per sample).
+    """
+    u_colour, noise, u_blur = _draws(x, generator, generators)
+    H = x.shape[-2]
+    colour = config.color_low + (config.color_high - config.color_low) * u_colour
     solid = colour + config.noise_std * noise
-    use_blur = (rand(B, 1, 1, 1) < config.blur_prob).to(dt)
+    use_blur = (u_blur < config.blur_prob).to(x.dtype)
     if config.blur_prob > 0:
         blurred = gaussian_blur(x, config.blur_sigma * H / 224.0)
         return use_blur * blurred + (1 - use_blur) * solid
@@ -81,12 +108,22 @@ class EvidenceRemoval:
         self.config = config or RemovalConfig()
         self.generator = generator
 
-    def alternative(self, x: torch.Tensor) -> torch.Tensor:
-        return alternative_image(x, self.config, self.generator)
+    def alternative(self, x: torch.Tensor, generators: list | None = None) -> torch.Tensor:
+        return alternative_image(x, self.config, self.generator, generators)
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, mask: torch.Tensor, generators: list | None = None
+    ) -> torch.Tensor:
+        """Phi(X, M) with a fresh A; ``generators`` (one per sample) make the draws reproducible
+        per sample."""
         if self.config.preserved_noise_std > 0:
-            x = x + self.config.preserved_noise_std * torch.randn(
-                x.shape, generator=self.generator, device=x.device, dtype=x.dtype
-            )
-        return apply_mask(x, mask, self.alternative(x))
+            if generators is None:
+                noise = torch.randn(
+                    x.shape, generator=self.generator, device=x.device, dtype=x.dtype
+                )
+            else:
+                noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(
+                    x.device, x.dtype
+                )
+            x = x + self.config.preserved_noise_std * noise
+        return apply_mask(x, mask, self.alternative(x, generators))

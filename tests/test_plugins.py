@@ -225,9 +225,5 @@ def test_autoload_switch_and_allow_list(monkeypatch):
 def test_builtin_providers_are_plugins():
     pm = make_plugin_manager(load_entry_points=False)
     names = {name for name, _ in pm.list_name_plugin()}
-    assert {
-        "rtsal.providers.timm_provider",
-        "rtsal.providers.user_code",
-        "rtsal.providers.checkpoints",
-    } <= names
+    assert {"builtin:timm", "builtin:user-code", "builtin:checkpoints", "builtin:methods"} <= names
     assert isinstance(pm, pluggy.PluginManager)

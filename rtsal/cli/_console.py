@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -15,11 +16,13 @@ from rich.progress import (
 )
 
 err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+out = Console(
+    soft_wrap=True, width=None if sys.stdout.isatty() else 200
+)  # tables unclipped in pipes
 
 
 @contextmanager
-def progress_bar():
+def progress_bar(enabled: bool = True):
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -27,7 +30,7 @@ def progress_bar():
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
-        disable=not err.is_terminal,
+        disable=not (enabled and err.is_terminal),
         transient=False,
     )
     with progress:

@@ -13,17 +13,22 @@ from rtsal.cli._console import err, parse_ints, progress_bar
 
 def train(
     blackbox: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--blackbox",
             "-b",
             help="Black box to explain: a timm "
             "name, file.py:factory, a classifier checkpoint, or a plugin's name.",
         ),
-    ],
+    ] = None,
     data: Annotated[
-        str, typer.Option("--data", "-d", help="Image folder, or cifar10 / fashion-mnist.")
-    ],
+        str | None,
+        typer.Option("--data", "-d", help="Image folder, or cifar10 / fashion-mnist."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this directory (its own options are used)."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")] = Path(
         "runs/masker"
     ),
@@ -99,11 +104,32 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    norm: Annotated[
+        str,
+        typer.Option(
+            help="batch or group normalisation in the decoder (group: the same "
+            "result on any number of processes)."
+        ),
+    ] = "batch",
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Steps between resumable checkpoints (0: only at the end).")
+    ] = 200,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT."""
-    from rtsal.trainer import TrainConfig, Trainer
+    """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT.
 
+    Ctrl-C saves and stops; --resume OUT continues. Under torchrun (torchrun --nproc-per-node N
+    -m rtsal train ...) the processes share each global batch of --batch-size images.
+    """
+    from rtsal.errors import RtsalError
+    from rtsal.trainer import TrainConfig, Trainer, resume_trainer
+
+    if resume is not None:
+        trainer = resume_trainer(resume, **({"steps": steps} if steps is not None else {}))
+        _run(trainer, json_out, f"resuming {resume} at step {trainer.step}")
+        return
+    if blackbox is None or data is None:
+        raise RtsalError("rtsal train needs --blackbox and --data (or --resume DIR)")
     cfg = TrainConfig(
         blackbox=blackbox,
         data=data,
@@ -139,15 +165,26 @@ def train(
         seed=seed,
         device=device,
         amp=amp,
+        norm=norm,
+        checkpoint_every=checkpoint_every,
     )
     trainer = Trainer(cfg)
-    err.print(
-        f"training a masking model for [bold]{trainer.black_box.name}[/] on {data} "
-        f"({len(trainer.dataset)} images, {trainer.total_steps} steps, device "
-        f"{trainer.device.type}, encoder {trainer.model_config.encoder})",
-        highlight=False,
-    )
-    with progress_bar() as progress:
+    _run(trainer, json_out, f"training a masking model for {trainer.black_box.name} on {data}")
+
+
+def _run(trainer, json_out: bool, headline: str) -> None:
+    from rtsal.distributed import shutdown
+
+    main = trainer.dist.is_main
+    if main:
+        err.print(
+            f"{headline} ({len(trainer.dataset)} images, {trainer.total_steps} steps, "
+            f"{trainer.dist.world_size} process(es) on {trainer.device.type}, encoder "
+            f"{trainer.model_config.encoder})",
+            highlight=False,
+            markup=False,
+        )
+    with progress_bar(enabled=main) as progress:
         task = progress.add_task("train", total=trainer.total_steps)
 
         def on_step(step: int, total: int, m: dict[str, float]) -> None:
@@ -161,6 +198,9 @@ def train(
             )
 
         result = trainer.fit(on_step)
+    shutdown(trainer.dist)
+    if not main:
+        return
     summary = {
         "checkpoint": str(result.out),
         "steps": result.steps,
@@ -174,7 +214,11 @@ def train(
         f = result.final_losses
         typer.echo(
             f"wrote {result.out} after {result.steps} steps in {result.seconds:.0f} s"
-            + (" (interrupted)" if result.interrupted else "")
+            + (
+                f" (interrupted; continue with rtsal train --resume {result.out})"
+                if result.interrupted
+                else ""
+            )
             + f"; last-50-step means: total {f.get('total', float('nan')):.3f}, "
             f"mask area real {f.get('mask_area_real', float('nan')):.3f} / "
             f"fake {f.get('mask_area_fake', float('nan')):.3f}"
