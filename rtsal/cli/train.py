@@ -114,6 +114,9 @@ def train(
     checkpoint_every: Annotated[
         int, typer.Option(help="Steps between resumable checkpoints (0: only at the end).")
     ] = 200,
+    max_bad_steps: Annotated[
+        int, typer.Option(help="Stop after this many non-finite losses in a row.")
+    ] = 5,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT.
@@ -167,6 +170,7 @@ def train(
         amp=amp,
         norm=norm,
         checkpoint_every=checkpoint_every,
+        max_bad_steps=max_bad_steps,
     )
     trainer = Trainer(cfg)
     _run(trainer, json_out, f"training a masking model for {trainer.black_box.name} on {data}")
