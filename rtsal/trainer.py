@@ -85,6 +85,7 @@ class TrainConfig:
     amp: bool = True
     max_bad_steps: int = 5
     checkpoint_every: int = 200  # steps between resumable checkpoints (0: only at the end)
+    init: str | None = None  # start from this masking-model checkpoint's weights (fine-tuning)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -273,6 +274,8 @@ class Trainer:
             )
         self.model_config = masker_config_for(cfg, box)
         self.model: MaskingModel = build_masking_model(self.model_config, box)
+        if cfg.init and resume is None:
+            self._init_from(cfg.init)
         self.objective_config: ObjectiveConfig = objective_preset(
             cfg.preset,
             tv_weight=cfg.tv_weight,
@@ -320,6 +323,19 @@ class Trainer:
         self.train_module: torch.nn.Module = self.model
         if self.dist.enabled:
             self.train_module = self._wrap_ddp()
+
+    def _init_from(self, path: str) -> None:
+        """Start from a trained masking model of the same architecture and black box."""
+        from rtsal.checkpoint import MASKER_FORMAT, check_black_box, read_checkpoint
+
+        sd, meta, where = read_checkpoint(path, expected_format=MASKER_FORMAT)
+        check_black_box(meta, self.black_box, where)
+        theirs = MaskerConfig.from_dict(meta.get("model", {}))
+        if theirs.to_dict() | {"embedding_init": ""} != self.model_config.to_dict() | {
+            "embedding_init": ""
+        }:
+            raise CheckpointError(f"{where}: --init needs the same model options as this run")
+        self.model.load_state_dict(sd, strict=False)
 
     # ---------------------------------------------------------------- distributed
     def _wrap_ddp(self) -> torch.nn.Module:

@@ -114,6 +114,10 @@ def train(
     checkpoint_every: Annotated[
         int, typer.Option(help="Steps between resumable checkpoints (0: only at the end).")
     ] = 200,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Start from this masking-model checkpoint (same model options)."),
+    ] = None,
     max_bad_steps: Annotated[
         int, typer.Option(help="Stop after this many non-finite losses in a row.")
     ] = 5,
@@ -171,6 +175,7 @@ def train(
         norm=norm,
         checkpoint_every=checkpoint_every,
         max_bad_steps=max_bad_steps,
+        init=str(init) if init else None,
     )
     trainer = Trainer(cfg)
     _run(trainer, json_out, f"training a masking model for {trainer.black_box.name} on {data}")
