@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import data
 
 out = Path(sys.argv[1])
-for name in ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left"):
+for name in ("chelsea", "coffee", "astronaut", "rocket", "camera"):
     Image.fromarray(getattr(data, name)()).save(out / f"{name}.jpg", quality=95)
 PY
 rtsal explain "$OUT/photos" --out "$OUT/explained"

@@ -204,3 +204,22 @@ def test_fit_size_keeps_aspect_on_the_stride():
     assert fit_size(300, 451, 224) == (352, 224)
     assert fit_size(224, 224, 224) == (224, 224)
     assert fit_size(4000, 100, 224) == (224, 448)  # aspect capped at 2
+
+
+def test_shipped_model_explains_with_no_checkpoint_and_is_class_selective(tmp_path):
+    """The default model: top-1 masks are several times larger than masks for absent classes."""
+    from rtsal.explain import SHIPPED
+
+    if not (SHIPPED / "rtsal.json").is_file():
+        pytest.fail("the shipped masking model is missing from rtsal/assets")
+    names = ("coffee", "rocket", "camera", "astronaut")
+    for n in names:
+        Image.fromarray(getattr(skdata, n)()).save(tmp_path / f"{n}.png")
+    top1 = _records(run_rtsal("explain", tmp_path, "--json", env=PLUGINS).stdout)
+    absent = _records(run_rtsal("explain", tmp_path, "--json", "--class", "airliner", "--class",
+                                "great white shark", env=PLUGINS).stdout)
+    assert len(top1) == len(names) and len(absent) == 2 * len(names)
+    for r in top1:
+        others = [a["mask_area"] for a in absent if a["input"] == r["input"]]
+        assert r["mask_area"] > 3 * max(others), (r["input"], r["mask_area"], others)
+        assert r["p_image"] > 0.15  # a confident prediction is what is explained
