@@ -24,11 +24,21 @@ def _open_av():
     return av
 
 
+_LEVELS = torch.linspace(0, 1, 256)
+_HEAT_LUT = torch.from_numpy(heatmap(_LEVELS)).float()  # (256, 3) colour of each mask level
+
+
 def overlay_frame(frame: np.ndarray, mask: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 frame and (H, W) mask in [0, 1] -> blended (H, W, 3) uint8."""
-    heat = heatmap(mask).astype(np.float32)
-    a = alpha * mask.numpy()[..., None] ** 0.5
-    return (frame.astype(np.float32) * (1 - a) + heat * a).clip(0, 255).astype(np.uint8)
+    """(H, W, 3) uint8 frame and (H, W) mask in [0, 1] -> blended (H, W, 3) uint8.
+
+    The same picture as :func:`rtsal.visualize.overlay`, through look-up tables (fast enough for
+    video).
+    """
+    level = (mask.clamp(0, 1) * 255).round().long()  # (H, W)
+    heat = _HEAT_LUT[level]  # (H, W, 3)
+    a = (alpha * _LEVELS.sqrt())[level].unsqueeze(-1)  # (H, W, 1)
+    out = torch.from_numpy(frame).float() * (1 - a) + heat * a
+    return out.clamp_(0, 255).to(torch.uint8).numpy()
 
 
 @torch.inference_mode()

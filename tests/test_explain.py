@@ -216,8 +216,18 @@ def test_shipped_model_explains_with_no_checkpoint_and_is_class_selective(tmp_pa
     for n in names:
         Image.fromarray(getattr(skdata, n)()).save(tmp_path / f"{n}.png")
     top1 = _records(run_rtsal("explain", tmp_path, "--json", env=PLUGINS).stdout)
-    absent = _records(run_rtsal("explain", tmp_path, "--json", "--class", "airliner", "--class",
-                                "great white shark", env=PLUGINS).stdout)
+    absent = _records(
+        run_rtsal(
+            "explain",
+            tmp_path,
+            "--json",
+            "--class",
+            "airliner",
+            "--class",
+            "great white shark",
+            env=PLUGINS,
+        ).stdout
+    )
     assert len(top1) == len(names) and len(absent) == 2 * len(names)
     for r in top1:
         others = [a["mask_area"] for a in absent if a["input"] == r["input"]]
