@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--sizes", default="224,160,128,96")
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--precision", default="float32", help="float32 or bfloat16")
     ap.add_argument("--out", default="runs/bench-video")
     args = ap.parse_args()
 
@@ -60,7 +61,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     clip = out / "clip.mp4"
     make_clip(clip, args.frames)
-    explainer = Explainer(args.checkpoint)
+    explainer = Explainer(args.checkpoint, precision=args.precision)
     rows = []
     for s in (int(v) for v in args.sizes.split(",")):
         explain_video(explainer, clip, out / "warmup.mp4", short_side=s, max_frames=5)

@@ -66,7 +66,10 @@ class Explainer:
     """A masking model (or any registered method) ready to explain images.
 
     ``resize="fit"`` keeps each image's aspect ratio (short side at the black box's input size);
-    ``"square"`` resizes to the black box's input size exactly.
+    ``"square"`` resizes to the black box's input size exactly. Networks and inputs are kept in
+    channels-last memory layout (same numbers, about twice as fast on CPUs);
+    ``precision="bfloat16"`` runs the masking model under bf16 autocast (faster still where the
+    CPU has bf16 units, at the cost of small differences in the masks).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Explainer:
         resize: str = "fit",
         method: str = "masker",
         method_options: dict[str, Any] | None = None,
+        precision: str = "float32",
     ):
         from rtsal.checkpoint import load_masker
         from rtsal.device import resolve_device
@@ -87,6 +91,9 @@ class Explainer:
         if resize not in ("fit", "square"):
             raise RtsalError("--resize must be fit or square")
         self.resize = resize
+        if precision not in ("float32", "bfloat16"):
+            raise RtsalError("--precision must be float32 or bfloat16")
+        self.precision = precision
         self.model = None
         if method == "masker":
             path = checkpoint if checkpoint is not None else default_checkpoint()
@@ -105,6 +112,9 @@ class Explainer:
             self.black_box = black_box.to(self.device)
             self.meta = {}
             self.method = create_method(method, self.black_box, **(method_options or {}))
+        self.black_box.to(memory_format=torch.channels_last)
+        if self.model is not None:
+            self.model.to(memory_format=torch.channels_last)
         self.resolver = ClassResolver.for_black_box(self.black_box)
         self.interp = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(
             self.black_box.interpolation, Image.BILINEAR
@@ -125,6 +135,16 @@ class Explainer:
         return pil_to_tensor(im.resize((w, h), self.interp))
 
     # ---------------------------------------------------------------- masks
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device).contiguous(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        return torch.autocast(
+            self.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.precision == "bfloat16" and self.model is not None,
+        )
+
     @property
     def shared_encoder(self) -> bool:
         return self.model is not None and self.model.config.encoder == "blackbox"
@@ -138,12 +158,14 @@ class Explainer:
         ``classes=None`` explains each image's top-1 class; with an encoder shared with the black
         box, one backbone pass gives both the prediction and the mask.
         """
-        x = x.to(self.device)
+        x = self._input(x)
         if self.model is not None:
-            feats = self.model.encode(x, with_logits=self.shared_encoder)
-            logits = feats.logits if self.shared_encoder else self.black_box(x)
-            classes = logits.argmax(1) if classes is None else classes.to(self.device)
-            return self.model.decode(feats, classes, x.shape[-2:]).mask, logits, classes
+            with self._autocast():
+                feats = self.model.encode(x, with_logits=self.shared_encoder)
+                logits = (feats.logits if self.shared_encoder else self.black_box(x)).float()
+                classes = logits.argmax(1) if classes is None else classes.to(self.device)
+                mask = self.model.decode(feats, classes, x.shape[-2:]).mask.float()
+            return mask, logits, classes
         logits = self.black_box(x)
         classes = logits.argmax(1) if classes is None else classes.to(self.device)
         return self.method.explain(x, classes), logits, classes
@@ -168,11 +190,12 @@ class Explainer:
 
         One encoder pass per image serves the prediction and every class explained.
         """
-        x = torch.stack([self.prepare(im) for im in images]).to(self.device)  # (B, C, h, w)
+        x = self._input(torch.stack([self.prepare(im) for im in images]))  # (B, C, h, w)
         feats = None
         if self.model is not None:
-            feats = self.model.encode(x, with_logits=self.shared_encoder)
-            logits = feats.logits if self.shared_encoder else self.black_box(x)
+            with self._autocast():
+                feats = self.model.encode(x, with_logits=self.shared_encoder)
+                logits = (feats.logits if self.shared_encoder else self.black_box(x)).float()
         else:
             logits = self.black_box(x)
         chosen = self.select_classes(logits, classes, topk)
@@ -181,7 +204,8 @@ class Explainer:
         xb = x[img_idx]  # one row per (image, class)
         if feats is not None:
             rows = EncoderFeatures([t[img_idx] for t in feats.skips], feats.coarsest[img_idx])
-            m = self.model.decode(rows, cb, x.shape[-2:]).mask
+            with self._autocast():
+                m = self.model.decode(rows, cb, x.shape[-2:]).mask.float()
         else:
             m = self.method.explain(xb, cb)
 
