@@ -44,3 +44,12 @@ def assert_one_line_error(run: Run, *fragments: str) -> None:
     assert len(errors) == 1, run.stderr
     for f in fragments:
         assert f.lower() in errors[0].lower(), errors[0]
+
+
+def fashion_mnist_installed() -> bool:
+    from rtsal.data import DEBIAN_FASHION_MNIST
+
+    return (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
+
+
+FASHION_MNIST_REASON = "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"

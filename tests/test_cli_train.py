@@ -10,26 +10,14 @@ import pytest
 import torch
 
 from rtsal.checkpoint import load_masker
-from rtsal.classifier import ClassifierConfig, train_classifier
-from rtsal.data import DEBIAN_FASHION_MNIST
-from tests.helpers import assert_one_line_error, run_rtsal
-
-pytestmark = pytest.mark.skipif(
-    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+from tests.helpers import (
+    FASHION_MNIST_REASON,
+    assert_one_line_error,
+    fashion_mnist_installed,
+    run_rtsal,
 )
 
-
-@pytest.fixture(scope="module")
-def fm_classifier(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fm") / "classifier"
-    result = train_classifier(
-        ClassifierConfig(
-            data="fashion-mnist", width=8, max_steps=40, batch_size=64, lr=0.1, out=str(out)
-        )
-    )
-    assert result.test_accuracy > 0.5  # 40 steps already beat chance (0.1) by far
-    return out
+pytestmark = pytest.mark.skipif(not fashion_mnist_installed(), reason=FASHION_MNIST_REASON)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +38,8 @@ def fm_masker(fm_classifier, tmp_path_factory) -> tuple[Path, dict]:
         "--json",
         "--upsampler-channels",
         "32,16",
+        "--encoder",
+        "small",
         "--small-widths",
         "16,32,64",
     )

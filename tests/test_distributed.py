@@ -11,26 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rtsal.data import DEBIAN_FASHION_MNIST
-from tests.helpers import REPO, run_rtsal
+from tests.helpers import FASHION_MNIST_REASON, REPO, fashion_mnist_installed, run_rtsal
 
-pytestmark = pytest.mark.skipif(
-    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory) -> Path:
-    from rtsal.classifier import ClassifierConfig, train_classifier
-
-    out = tmp_path_factory.mktemp("clf") / "fm"
-    train_classifier(
-        ClassifierConfig(
-            data="fashion-mnist", width=8, max_steps=20, batch_size=64, lr=0.1, out=str(out)
-        )
-    )
-    return out
+pytestmark = pytest.mark.skipif(not fashion_mnist_installed(), reason=FASHION_MNIST_REASON)
 
 
 def args(classifier: Path, out: Path) -> list[str]:
@@ -57,7 +40,7 @@ def args(classifier: Path, out: Path) -> list[str]:
     ]
 
 
-def test_two_gloo_processes_match_one(classifier, tmp_path):
+def test_two_gloo_processes_match_one(fm_classifier, tmp_path):
     torchrun = shutil.which("torchrun")
     assert torchrun, "torchrun comes with torch"
     env = {
@@ -76,7 +59,7 @@ def test_two_gloo_processes_match_one(classifier, tmp_path):
             "29517",
             "-m",
             "rtsal",
-            *args(classifier, ddp),
+            *args(fm_classifier, ddp),
         ],
         cwd=REPO,
         env=env,
@@ -86,7 +69,7 @@ def test_two_gloo_processes_match_one(classifier, tmp_path):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     single = tmp_path / "single"
-    run = run_rtsal(*args(classifier, single), env={"OMP_NUM_THREADS": "1"})
+    run = run_rtsal(*args(fm_classifier, single), env={"OMP_NUM_THREADS": "1"})
     assert run.code == 0, run.stderr
 
     r0 = load_file(str(ddp / "replica-rank0.safetensors"))

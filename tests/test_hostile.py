@@ -95,8 +95,13 @@ def test_unwritable_output_for_explain(tmp_path):
     img.write_bytes(_png_bytes())
     blocker = tmp_path / "taken"
     blocker.write_text("x")
-    run = run_rtsal("explain", img, "--checkpoint", tmp_path / "ckpt", "--out", blocker)
-    assert run.code == 1 and "Traceback" not in run.stderr
+    run = run_rtsal("explain", img, "--out", blocker, env={"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""})
+    assert_one_line_error(run, "not a directory")
+    run = run_rtsal(
+        "explain", img, "--out", blocker / "sub", env={"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}
+    )
+    assert_one_line_error(run, "cannot write to output directory")
+    assert blocker.read_text() == "x"
 
 
 def test_pickled_checkpoint_payload_is_refused_not_run(tmp_path):

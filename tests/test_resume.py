@@ -15,28 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rtsal.data import DEBIAN_FASHION_MNIST
-from tests.helpers import REPO, run_rtsal
+from tests.helpers import FASHION_MNIST_REASON, REPO, fashion_mnist_installed, run_rtsal
 
-pytestmark = pytest.mark.skipif(
-    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
+pytestmark = pytest.mark.skipif(not fashion_mnist_installed(), reason=FASHION_MNIST_REASON)
 
 STEPS = 24
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory) -> Path:
-    from rtsal.classifier import ClassifierConfig, train_classifier
-
-    out = tmp_path_factory.mktemp("clf") / "fm"
-    train_classifier(
-        ClassifierConfig(
-            data="fashion-mnist", width=8, max_steps=20, batch_size=64, lr=0.1, out=str(out)
-        )
-    )
-    return out
 
 
 def train_args(classifier: Path, out: Path, *extra) -> list[str]:
@@ -76,15 +59,15 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(classifier, tmp_path):
+def test_sigkill_then_resume_equals_an_uninterrupted_run(fm_classifier, tmp_path):
     whole = tmp_path / "whole"
-    run = run_rtsal(*train_args(classifier, whole), env={"OMP_NUM_THREADS": "1"})
+    run = run_rtsal(*train_args(fm_classifier, whole), env={"OMP_NUM_THREADS": "1"})
     assert run.code == 0, run.stderr
 
     killed = tmp_path / "killed"
     env = {**os.environ, "RTSAL_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rtsal", *train_args(classifier, killed)],
+        [sys.executable, "-m", "rtsal", *train_args(fm_classifier, killed)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -110,11 +93,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(classifier, tmp_path):
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_ctrl_c_saves_and_exits_cleanly(classifier, tmp_path):
+def test_ctrl_c_saves_and_exits_cleanly(fm_classifier, tmp_path):
     out = tmp_path / "interrupted"
     env = {**os.environ, "RTSAL_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rtsal", *train_args(classifier, out, "--checkpoint-every", 0)],
+        [sys.executable, "-m", "rtsal", *train_args(fm_classifier, out, "--checkpoint-every", 0)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
