@@ -189,12 +189,23 @@ def _require_provider(provider: str, name: str, where: Path) -> None:
     )
 
 
+def checkpoint_black_box(meta: dict[str, Any], where: Path):
+    """The black box a masking-model checkpoint names, from the provider that made it."""
+    from rtsal.blackbox import create_black_box
+
+    bb = meta.get("black_box", {})
+    name = bb.get("name")
+    if not name:
+        raise CheckpointError(f"{where}: does not name its black box")
+    _require_provider(bb.get("provider", ""), name, where)
+    return create_black_box(name, **meta.get("black_box_options", {}))
+
+
 def load_masker(path: str | Path, black_box=None, *, device: str | torch.device = "cpu"):
     """Load a masking model; builds the black box the checkpoint names when none is given.
 
     Returns ``(model, black_box, meta)``.
     """
-    from rtsal.blackbox import create_black_box
     from rtsal.model import (
         MaskerConfig,
         MaskingModel,
@@ -208,12 +219,7 @@ def load_masker(path: str | Path, black_box=None, *, device: str | torch.device 
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{where}: model description is incomplete ({exc})") from None
     if black_box is None:
-        bb = meta.get("black_box", {})
-        name = bb.get("name")
-        if not name:
-            raise CheckpointError(f"{where}: does not name its black box")
-        _require_provider(bb.get("provider", ""), name, where)
-        black_box = create_black_box(name, **meta.get("black_box_options", {}))
+        black_box = checkpoint_black_box(meta, where)
     check_black_box(meta, black_box, where)
     model = MaskingModel(config, build_encoder(config, black_box))
     if config.embedding == "classifier-tied":  # class vectors are the black box's own rows

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from rtsal.errors import AmbiguousClassError, UnknownClassError
 
-_SEP = re.compile(r"[\s_\-]+")
+_SEP = re.compile(r"[\s_\-/]+")
 
 
 def normalise_class_name(name: str) -> str:

@@ -212,28 +212,42 @@ def evaluate_accuracy(model: nn.Module, loader, device: torch.device) -> float:
 
 def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
     from rtsal.checkpoint import prepare_out_dir
-    from rtsal.data import DataSpec, make_loader, named_class_names, open_dataset
+    from rtsal.classes import ClassResolver
+    from rtsal.data import DataSpec, make_loader, named_class_names, open_dataset, split_folder
     from rtsal.device import resolve_device
 
     named = DataSpec(cfg.data).named
-    if named is None:
-        raise RtsalError("rtsal classifier train supports --data cifar10 or fashion-mnist")
+    folder = split_folder(cfg.data) if named is None else None
+    if named is None and folder is None:
+        raise RtsalError(
+            "rtsal classifier train takes --data cifar10, fashion-mnist or a folder with train/ "
+            "and test/ class sub-folders"
+        )
     out = prepare_out_dir(cfg.out)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    channels = 1 if named == "fashion-mnist" else 3
+    if folder is not None:
+        class_names, channels = folder
+        resolver = ClassResolver(class_names)
+        spec, dataset_name = cfg.data, str(Path(cfg.data).expanduser().resolve())
+    else:
+        class_names = named_class_names(named)
+        channels = 1 if named == "fashion-mnist" else 3
+        resolver, spec, dataset_name = None, named, named
     train_ds = open_dataset(
-        named,
+        spec,
         split="train",
         train=True,
         data_root=cfg.data_root,
         channels=channels,
         limit=cfg.limit,
         seed=cfg.seed,
+        resolver=resolver,
     )
-    test_ds = open_dataset(named, split="test", data_root=cfg.data_root, channels=channels)
+    test_ds = open_dataset(
+        spec, split="test", data_root=cfg.data_root, channels=channels, resolver=resolver
+    )
     size = tuple(train_ds.images.shape[-2:])
-    class_names = named_class_names(named)
     model = build_classifier(cfg.arch, len(class_names), channels, cfg.width).to(device)
     model = model.to(memory_format=torch.channels_last)
     mean = train_ds.images.float().div(255).mean(dim=(0, 2, 3)).tolist()
@@ -320,7 +334,7 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
         "mean": mean,
         "std": std,
         "input_size": list(size),
-        "dataset": named,
+        "dataset": dataset_name,
         "test_accuracy": acc,
         "train_seconds": seconds,
         "steps": step,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import re
 import tarfile
@@ -281,6 +282,44 @@ def scan_image_folder(root: Path, resolver: ClassResolver) -> list[tuple[Path, i
     return samples
 
 
+def split_folder(root: str | Path) -> tuple[list[str], int] | None:
+    """Class names and channels of a *split folder*: ``train/`` and ``test/`` with one
+    sub-folder per class (``rtsal canvas`` writes these). Class order comes from ``canvas.json``
+    (``class_names``) or ``classes.txt`` (one per line) when present, else sorted folder names.
+    None when ``root`` is not a split folder."""
+    root = Path(root).expanduser()
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        return None
+    names: list[str] | None = None
+    channels = 3
+    described = root / "canvas.json"
+    if described.is_file():
+        try:
+            info = json.loads(described.read_text())
+            names = [str(n) for n in info["class_names"]]
+            channels = int(info.get("channels", 3))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{described}: unreadable ({exc})") from None
+    elif (root / "classes.txt").is_file():
+        names = [n.strip() for n in (root / "classes.txt").read_text().splitlines() if n.strip()]
+    else:
+        names = sorted(
+            d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
+    if not names:
+        raise DataError(f"{root / 'train'}: no class folders")
+    return names, channels
+
+
+def load_split_folder(
+    root: str | Path, split: str, class_names: Sequence[str], channels: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split of a split folder decoded once into uint8 (N, C, H, W) and labels (cached)."""
+    return _decode_jpeg_tree(
+        Path(root).expanduser(), split, class_names, "L" if channels == 1 else "RGB"
+    )
+
+
 # --------------------------------------------------------------------------- named sets
 
 
@@ -290,7 +329,13 @@ def _npz_cache(key: str) -> Path:
 
 def _decode_jpeg_tree(root: Path, split: str, class_names: Sequence[str], mode: str):
     split_dir = root / split
-    key = hashlib.sha1(f"{split_dir.resolve()}|{mode}".encode()).hexdigest()[:16]
+    stamp = [split_dir.stat().st_mtime_ns if split_dir.exists() else 0]
+    stamp += [
+        (root / f).stat().st_mtime_ns for f in ("canvas.json", "classes.txt") if (root / f).exists()
+    ]
+    key = hashlib.sha1(
+        f"{split_dir.resolve()}|{mode}|{stamp}|{list(class_names)}".encode()
+    ).hexdigest()[:16]
     cached = _npz_cache(f"{split}-{key}")
     if cached.exists():
         with np.load(cached) as z:
@@ -463,6 +508,21 @@ def open_dataset(
     root = Path(spec).expanduser()
     if resolver is None:
         raise RtsalError("an image folder needs a black box to map its class names")
+    if split_folder(root) is not None:  # train/ and test/: decoded once, held in memory
+        x, y = load_split_folder(root, split, resolver.class_names, channels)
+        if limit is not None and limit < len(y):
+            g = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(len(y), generator=g)[:limit].sort().values
+            x, y = x[keep], y[keep]
+        return TensorImageDataset(
+            x,
+            y,
+            resolver.class_names,
+            size=size,
+            augment=train,
+            pad=max(1, x.shape[-1] // 8),
+            name=str(root),
+        )
     samples = scan_image_folder(root, resolver)
     if limit is not None and limit < len(samples):
         g = torch.Generator().manual_seed(seed)

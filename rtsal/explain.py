@@ -101,14 +101,12 @@ class Explainer:
             self.method = None
         else:
             if black_box is None:  # the black box of the (shipped) checkpoint
-                from rtsal.blackbox import create_black_box
-                from rtsal.checkpoint import read_meta
+                from rtsal.checkpoint import checkpoint_black_box, read_meta
 
-                meta, _ = read_meta(checkpoint if checkpoint is not None else default_checkpoint())
-                bb = meta.get("black_box", {})
-                black_box = create_black_box(
-                    bb.get("name", ""), **meta.get("black_box_options", {})
+                meta, where = read_meta(
+                    checkpoint if checkpoint is not None else default_checkpoint()
                 )
+                black_box = checkpoint_black_box(meta, where)
             self.black_box = black_box.to(self.device)
             self.meta = {}
             self.method = create_method(method, self.black_box, **(method_options or {}))

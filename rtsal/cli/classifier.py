@@ -1,4 +1,5 @@
-"""``rtsal classifier train``: a reference classifier for CIFAR-10 / Fashion-MNIST."""
+"""``rtsal classifier train``: a reference classifier for CIFAR-10, Fashion-MNIST or a split
+folder of small images."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ classifier_app = typer.Typer(
 @classifier_app.command("train")
 def train_classifier_cmd(
     data: Annotated[
-        str, typer.Option("--data", "-d", help="cifar10 or fashion-mnist.")
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="cifar10, fashion-mnist, or a folder with train/ and test/ class sub-folders "
+            "(e.g. from rtsal canvas).",
+        ),
     ] = "cifar10",
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path(
         "runs/classifier"
