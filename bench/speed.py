@@ -2,11 +2,13 @@
 
 For each black box: the black box's forward pass alone (the floor), the masking model (one
 encoder pass shared with the black box gives the prediction and the mask), gradient, Grad-CAM
-(rtsal's and pytorch-grad-cam's), the iterative mask baseline and the contrast method.
+(rtsal's and pytorch-grad-cam's), the iterative mask baseline and the contrast method; for
+EfficientNet-Lite0 also the masking model exported to ONNX and run by ONNX Runtime.
 Throughput at batch 32, latency at batch 1, peak resident memory above the resting process.
 Writes a Markdown table with the machine and versions to --out.
 
     python bench/speed.py --out docs/performance.md
+    python bench/speed.py --configs lite0 --methods onnx --out /tmp/speed.md  # one row (+ floor)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -111,17 +114,42 @@ def setup(name: str, masker_ckpt: str | None):
     raise SystemExit(f"unknown configuration {name}")
 
 
-def runners(box, model, size: int, iterative_steps: int):
+ONNX_ROW = "masking model, ONNX Runtime"
+
+
+def onnx_runner(box, model, size: int):
+    """The masking model with its encoder exported to ONNX (as `rtsal export` does), run by ONNX
+    Runtime on the CPU with as many threads as torch. One session run gives the mask and the
+    black box's probabilities: the work of the "masking model" row, with the class as an input."""
+    import onnxruntime as ort
+
+    from rtsal.export import ExportableMasker, export_onnx
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:  # the session keeps the model in memory
+        path = Path(tmp) / "masker.onnx"
+        export_onnx(ExportableMasker(model, box), path, size)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x, c):
+        return session.run(["mask"], {"images": x.contiguous().numpy(), "classes": c.numpy()})[0]
+
+    return run
+
+
+def runners(box, model, size: int, iterative_steps: int, with_onnx: bool = False):
     """name -> callable(images, classes) for every method measured.
 
     Everything runs in channels-last layout, as `rtsal explain` does; one row keeps the masking
     model in the default (NCHW) layout to show what the layout is worth, one runs it under bf16
-    autocast.
+    autocast, one is the masking model exported to ONNX (``with_onnx``).
     """
     import copy
 
     from rtsal.methods import create_method
 
+    onnx_run = onnx_runner(box, model, size) if with_onnx else None  # before channels-last
     nchw_model = copy.deepcopy(model)  # its encoder is a copy of the black box's network
     box.to(memory_format=torch.channels_last)
     model.to(memory_format=torch.channels_last)
@@ -157,6 +185,8 @@ def runners(box, model, size: int, iterative_steps: int):
         "masking model, bf16 autocast": masker_bf16,
         "masking model, separate black-box pass": masker_separate,
     }
+    if onnx_run is not None:
+        methods[ONNX_ROW] = onnx_run
     for name in ("gradient", "gradcam"):
         m = create_method(name, box)
         methods[f"{name} (rtsal)"] = m.explain
@@ -209,14 +239,27 @@ def main() -> None:
         help="measured steps; the table scales the time to 300 steps",
     )
     ap.add_argument("--masker", default=None, help="Lite0 masking-model checkpoint")
+    ap.add_argument(
+        "--methods",
+        default=None,
+        help="measure only the methods whose name contains one of these comma-separated words "
+        "(the forward row is always kept: the table is relative to it)",
+    )
     ap.add_argument("--out", default="docs/performance.md")
     ap.add_argument("--json", default="runs/bench-speed.json")
     args = ap.parse_args()
     torch.manual_seed(0)
+    words = [w.strip().lower() for w in (args.methods or "").split(",") if w.strip()]
+
+    def wanted(name: str) -> bool:
+        return not words or name.startswith("forward") or any(w in name.lower() for w in words)
+
     results = []
     for cfg_name in args.configs.split(","):
         box, model, size = setup(cfg_name, args.masker)
-        methods = runners(box, model, size, args.iterative_steps)
+        with_onnx = cfg_name == "lite0" and wanted(ONNX_ROW)
+        methods = runners(box, model, size, args.iterative_steps, with_onnx)
+        methods = {k: v for k, v in methods.items() if wanted(k)}
         for bs in (args.batch, 1):
             x = torch.rand(bs, 3, size, size).contiguous(memory_format=torch.channels_last)
             c = torch.randint(0, box.num_classes, (bs,))

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from rtsal.errors import UnknownNameError
 from rtsal.model import MaskerOutput
@@ -186,9 +187,10 @@ class SaliencyObjective:
                 if generators is not None:
                     gk = [generators[0][i] for i in idx.tolist()]
                     gd = [generators[1][i] for i in idx.tolist()]
-                logits = self.black_box(
-                    torch.cat([self.removal(x, m, gk), self.removal(x, 1 - m, gd)])
-                )
+                with record_function("rtsal: evidence removal"):
+                    removed = torch.cat([self.removal(x, m, gk), self.removal(x, 1 - m, gd)])
+                with record_function("rtsal: black box"):
+                    logits = self.black_box(removed)
                 keep, drop = logits.chunk(2)
                 p_drop = class_log_prob(drop, c).exp()
                 preserve = zero.index_put((idx,), -cfg.preserve_weight * class_log_prob(keep, c))

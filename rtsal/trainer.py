@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 from rtsal import _rng
 from rtsal.blackbox import BlackBox, create_black_box
@@ -376,20 +377,26 @@ class Trainer:
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            out = self.train_module(x, classes)
-            terms: LossTerms = self.objective(x, out, classes, labels, is_real, gens)
+            with record_function("rtsal: masking model"):
+                out = self.train_module(x, classes)
+            with record_function("rtsal: objective"):
+                terms: LossTerms = self.objective(x, out, classes, labels, is_real, gens)
         finite = bool(torch.isfinite(terms.total))
         if any_across(self.dist, not finite) is not False:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
-            self.scaler.scale(terms.total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            with record_function("rtsal: backward"):
+                self.scaler.scale(terms.total).backward()
+            with record_function("rtsal: optimizer"):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
         else:
-            terms.total.backward()
-            self.optimizer.step()
+            with record_function("rtsal: backward"):
+                terms.total.backward()
+            with record_function("rtsal: optimizer"):
+                self.optimizer.step()
         self.scheduler.step()
         area = out.mask.detach().flatten(1).mean(1)
         metrics = terms.as_floats()

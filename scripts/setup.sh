@@ -9,7 +9,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded" >&2
 fi
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
-python -m pip install -q -e '.[test,video]'
+python -m pip install -q -e '.[test,video,export]'
 for p in plugins/*/; do
   [ -f "$p/pyproject.toml" ] && python -m pip install -q -e "$p"
 done

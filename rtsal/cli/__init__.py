@@ -48,7 +48,17 @@ def _register_commands() -> None:
 
 
 def _register_builtin_commands() -> None:
-    from rtsal.cli import blackboxes, classifier, evaluate, explain, methods, metric, train
+    from rtsal.cli import (
+        blackboxes,
+        canvas,
+        classifier,
+        evaluate,
+        explain,
+        export,
+        methods,
+        metric,
+        train,
+    )
 
     train.register(app)
     explain.register(app)
@@ -57,6 +67,8 @@ def _register_builtin_commands() -> None:
     metric.register(app)
     blackboxes.register(app)
     methods.register(app)
+    canvas.register(app)
+    export.register(app)
 
 
 def _register_plugin_commands() -> None:

@@ -60,7 +60,15 @@ def _samples(explainer, data, files, boxes, class_map, pixel_masks, limit):
         ]
         if pixel_masks is not None:
             attach_pixel_masks(samples, pixel_masks)
-    return samples[:limit] if limit else samples
+    return spread(samples, limit)
+
+
+def spread(items: list, limit: int | None) -> list:
+    """``limit`` items spread evenly over the list (all classes of a sorted folder, not the
+    first one's), in order; all of them without a limit."""
+    if not limit or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
 
 
 def run_scoring(
@@ -208,7 +216,9 @@ Checkpoint = Annotated[
 Blackbox = Annotated[
     str | None, typer.Option("--blackbox", "-b", help="Black box (default: the checkpoint's).")
 ]
-Limit = Annotated[int | None, typer.Option(help="Use the first N images.")]
+Limit = Annotated[
+    int | None, typer.Option(help="Use N images spread evenly over the list (every class).")
+]
 Resize = Annotated[str, typer.Option(help="fit (keep aspect) or square.")]
 Out = Annotated[
     Path | None,

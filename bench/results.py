@@ -1,0 +1,175 @@
+"""Every explanation method scored by the same protocol, one `rtsal metric` run per method; the
+table (with each row's command) goes into docs/results.md between markers for the suite.
+
+    python bench/results.py canvas --data runs/canvas-fm --checkpoint runs/canvas-masker \
+        --limit 300
+    python bench/results.py imagenet --files runs/lite0-masker-ft3/holdout.txt --limit 180
+
+``canvas`` scores localisation, saliency metric, pointing, deletion/insertion and pixel metrics
+(the canvas benchmark has boxes and masks); ``imagenet`` the saliency metric (no boxes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CANVAS_METHODS = [
+    "masker",
+    "gradient",
+    "gradcam",
+    "guided-backprop",
+    "iterative-mask",
+    "contrast",
+    "centre-box",
+    "max-box",
+    "gt-box",
+]
+IMAGENET_METHODS = [m for m in CANVAS_METHODS if m != "gt-box"]
+
+
+def run(cmd: list[str]) -> dict:
+    shown = "rtsal " + " ".join(shlex.quote(c) for c in cmd)
+    print(f"$ {shown}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, "-m", "rtsal", *cmd, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    if p.returncode != 0:
+        raise SystemExit(f"failed ({p.returncode}): {shown}\n{p.stderr[-2000:]}")
+    summary = json.loads(p.stdout)
+    summary["command"] = shown
+    summary["wall_seconds"] = time.perf_counter() - t0
+    print(f"  done in {summary['wall_seconds']:.0f} s", file=sys.stderr, flush=True)
+    return summary
+
+
+def pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def num(v, d: int = 3) -> str:
+    return "–" if v is None else f"{v:.{d}f}"
+
+
+def canvas_table(rows: list[dict]) -> str:
+    head = (
+        "| method | loc. error % ↓ | MaxBoxAcc % ↑ | MaxBoxAccV2 % ↑ | saliency metric ↓ | "
+        "pointing % ↑ | deletion AUC ↓ | insertion AUC ↑ | max F_β ↑ | MAE ↓ | s / image |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r['method']} | {pct(r['localization_error'])} | {pct(r['max_box_acc'])} | "
+        f"{pct(r['max_box_acc_v2'])} | {num(r['saliency'])} | {pct(r['pointing'])} | "
+        f"{num(r['deletion'])} | {num(r['insertion'])} | {num(r['max_f'])} | {num(r['mae'])} | "
+        f"{num(r['seconds_per_image'], 4)} |\n"
+        for r in rows
+    )
+    return head + body
+
+
+def imagenet_table(rows: list[dict]) -> str:
+    head = (
+        "| method | images | saliency metric ↓ | crop area | p(crop) | f_c(X) | f_c(X·M) | "
+        "f_c(X·(1−M)) | area, true class | area, absent class | s / image |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r['method']} | {r['images']} | {num(r['saliency'])} | {num(r['crop_area'])} | "
+        f"{num(r['crop_probability'])} | {num(r['p_image'])} | {num(r['p_image_times_mask'])} | "
+        f"{num(r['p_image_times_inverse'])} | {num(r['area'])} | {num(r['area_absent'])} | "
+        f"{num(r['seconds_per_image'], 3)} |\n"
+        for r in rows
+    )
+    return head + body
+
+
+def commands(rows: list[dict]) -> str:
+    return "\n".join(f"    {r['command']}   # {r['wall_seconds']:.0f} s" for r in rows) + "\n"
+
+
+def write_section(path: Path, suite: str, text: str) -> None:
+    begin, end = f"<!-- results:{suite}:begin -->", f"<!-- results:{suite}:end -->"
+    doc = path.read_text() if path.exists() else "# Results\n\n"
+    block = f"{begin}\n{text}{end}"
+    if begin in doc and end in doc:
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("suite", choices=["canvas", "imagenet"])
+    ap.add_argument("--data", help="canvas: the data set folder (rtsal canvas OUT)")
+    ap.add_argument("--files", help="imagenet: file listing the held-out photos")
+    ap.add_argument("--checkpoint", help="masking model (default: the shipped one)")
+    ap.add_argument("--limit", type=int, default=300)
+    ap.add_argument("--methods", default=None, help="comma-separated subset")
+    ap.add_argument(
+        "--method-limit",
+        action="append",
+        default=[],
+        help="METHOD=N: fewer images for a slow method",
+    )
+    ap.add_argument("--steps", type=int, default=32, help="deletion/insertion steps")
+    ap.add_argument("--out", default="docs/results.md")
+    ap.add_argument("--json-out", default=None, help="also keep the raw summaries here")
+    a = ap.parse_args()
+    methods = CANVAS_METHODS if a.suite == "canvas" else IMAGENET_METHODS
+    if a.methods:
+        methods = a.methods.split(",")
+    limits = {k: int(v) for k, v in (x.split("=") for x in a.method_limit)}
+    ckpt = ["--checkpoint", a.checkpoint] if a.checkpoint else []
+    rows = []
+    for m in methods:
+        n = str(limits.get(m, a.limit))
+        if a.suite == "canvas":
+            d = Path(a.data)
+            cmd = [
+                "metric",
+                "--data",
+                str(d / "test"),
+                "--boxes",
+                str(d / "annotations"),
+                "--pixel-masks",
+                str(d / "masks"),
+                "--metrics",
+                "all",
+                "--steps",
+                str(a.steps),
+                "--limit",
+                n,
+                *ckpt,
+                "--method",
+                m,
+            ]
+        else:
+            cmd = ["metric", "--files", a.files, "--limit", n, *ckpt, "--method", m]
+        rows.append(run(cmd))
+    table = canvas_table(rows) if a.suite == "canvas" else imagenet_table(rows)
+    machine = f"{os.cpu_count()} CPU cores, torch {__import__('torch').__version__}"
+    text = (
+        f"{table}\nMeasured {time.strftime('%Y-%m-%d')} on {machine}; each row by:\n\n"
+        f"{commands(rows)}\n"
+    )
+    write_section(REPO / a.out, a.suite, text)
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(rows, indent=1))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
