@@ -12,6 +12,7 @@ table (with each row's command) goes into docs/results.md between markers for th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -35,9 +36,13 @@ CANVAS_METHODS = [
 IMAGENET_METHODS = [m for m in CANVAS_METHODS if m != "gt-box"]
 
 
-def run(cmd: list[str]) -> dict:
+def run(cmd: list[str], cache: Path | None = None) -> dict:
     shown = "rtsal " + " ".join(shlex.quote(c) for c in cmd)
     print(f"$ {shown}", file=sys.stderr, flush=True)
+    key = cache / (hashlib.sha1(shown.encode()).hexdigest()[:16] + ".json") if cache else None
+    if key is not None and key.exists():  # this exact command ran before: reuse its summary
+        print("  (kept from an earlier run)", file=sys.stderr, flush=True)
+        return json.loads(key.read_text())
     t0 = time.perf_counter()
     p = subprocess.run(
         [sys.executable, "-m", "rtsal", *cmd, "--json"],
@@ -52,6 +57,9 @@ def run(cmd: list[str]) -> dict:
     summary["command"] = shown
     summary["wall_seconds"] = time.perf_counter() - t0
     print(f"  done in {summary['wall_seconds']:.0f} s", file=sys.stderr, flush=True)
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(json.dumps(summary))
     return summary
 
 
@@ -127,6 +135,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32, help="deletion/insertion steps")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--json-out", default=None, help="also keep the raw summaries here")
+    ap.add_argument(
+        "--cache",
+        default="runs/results/cache",
+        help="summaries of commands already run are kept here and reused ('' to always run)",
+    )
     a = ap.parse_args()
     methods = CANVAS_METHODS if a.suite == "canvas" else IMAGENET_METHODS
     if a.methods:
@@ -158,7 +171,7 @@ def main() -> None:
             ]
         else:
             cmd = ["metric", "--files", a.files, "--limit", n, *ckpt, "--method", m]
-        rows.append(run(cmd))
+        rows.append(run(cmd, Path(a.cache) if a.cache else None))
     table = canvas_table(rows) if a.suite == "canvas" else imagenet_table(rows)
     machine = f"{os.cpu_count()} CPU cores, torch {__import__('torch').__version__}"
     text = (

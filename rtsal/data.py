@@ -285,7 +285,7 @@ def scan_image_folder(root: Path, resolver: ClassResolver) -> list[tuple[Path, i
 def split_folder(root: str | Path) -> tuple[list[str], int] | None:
     """Class names and channels of a *split folder*: ``train/`` and ``test/`` with one
     sub-folder per class (``rtsal canvas`` writes these). Class order comes from ``canvas.json``
-    (``class_names``) or ``classes.txt`` (one per line) when present, else sorted folder names.
+    (``classes``) or ``classes.txt`` (one per line) when present, else sorted folder names.
     None when ``root`` is not a split folder."""
     root = Path(root).expanduser()
     if not ((root / "train").is_dir() and (root / "test").is_dir()):
@@ -296,7 +296,7 @@ def split_folder(root: str | Path) -> tuple[list[str], int] | None:
     if described.is_file():
         try:
             info = json.loads(described.read_text())
-            names = [str(n) for n in info["class_names"]]
+            names = [str(n) for n in info.get("classes") or info["class_names"]]
             channels = int(info.get("channels", 3))
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{described}: unreadable ({exc})") from None
