@@ -73,12 +73,14 @@ def num(v, d: int = 3) -> str:
 
 def canvas_table(rows: list[dict]) -> str:
     head = (
-        "| method | loc. error % ↓ | MaxBoxAcc % ↑ | MaxBoxAccV2 % ↑ | saliency metric ↓ | "
-        "pointing % ↑ | deletion AUC ↓ | insertion AUC ↑ | max F_β ↑ | MAE ↓ | s / image |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| method | images | loc. error % ↓ | MaxBoxAcc % ↑ | MaxBoxAccV2 % ↑ | "
+        "saliency metric ↓ | pointing % ↑ | deletion AUC ↓ | insertion AUC ↑ | max F_β ↑ | "
+        "MAE ↓ | s / image |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
-        f"| {r['method']} | {pct(r['localization_error'])} | {pct(r['max_box_acc'])} | "
+        f"| {r['method']} | {r['images']} | {pct(r['localization_error'])} | "
+        f"{pct(r['max_box_acc'])} | "
         f"{pct(r['max_box_acc_v2'])} | {num(r['saliency'])} | {pct(r['pointing'])} | "
         f"{num(r['deletion'])} | {num(r['insertion'])} | {num(r['max_f'])} | {num(r['mae'])} | "
         f"{num(r['seconds_per_image'], 4)} |\n"
