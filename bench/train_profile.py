@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--nchw", action="store_true", help="train in the default NCHW layout")
     ap.add_argument("--out", default=None, help="also write the Markdown report here")
     a = ap.parse_args()
 
@@ -53,6 +54,7 @@ def main() -> None:
             workers=a.workers,
             checkpoint_every=0,
             device="cpu",
+            channels_last=not a.nchw,
         )
         trainer = Trainer(cfg)
         batches = iter(trainer._loader(0, 0))
@@ -91,6 +93,7 @@ def main() -> None:
     ips = a.steps * a.batch_size / total
     lines = [
         f"Training throughput: **{ips:.1f} images/s** ({a.blackbox}, batch {a.batch_size}, "
+        f"{'NCHW' if a.nchw else 'channels-last'} layout, "
         f"{a.steps} steps after {a.warmup} warm-up, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}).",
         "",

@@ -104,6 +104,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    channels_last: Annotated[
+        bool, typer.Option(help="Channels-last memory layout (faster on CPUs).")
+    ] = True,
     norm: Annotated[
         str,
         typer.Option(
@@ -172,6 +175,7 @@ def train(
         seed=seed,
         device=device,
         amp=amp,
+        channels_last=channels_last,
         norm=norm,
         checkpoint_every=checkpoint_every,
         max_bad_steps=max_bad_steps,
