@@ -175,7 +175,9 @@ def main() -> None:
             cmd = ["metric", "--files", a.files, "--limit", n, *ckpt, "--method", m]
         rows.append(run(cmd, Path(a.cache) if a.cache else None))
     table = canvas_table(rows) if a.suite == "canvas" else imagenet_table(rows)
-    machine = f"{os.cpu_count()} CPU cores, torch {__import__('torch').__version__}"
+    import torch
+
+    machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
     text = (
         f"{table}\nMeasured {time.strftime('%Y-%m-%d')} on {machine}; each row by:\n\n"
         f"{commands(rows)}\n"

@@ -433,18 +433,25 @@ def read_boxes(path: str | Path) -> Annotations:
     return reader(p)
 
 
+def annotation_entries(
+    annotations: Mapping[str, Sequence[tuple[str, Box]]], image: str
+) -> Sequence[tuple[str, Box]]:
+    """The (class name, box) entries of ``image``; [] for an image without annotations.
+
+    ``image`` may be a path: it is looked up as given, then by file name, then by stem (ImageNet's
+    XML names images without extension).
+    """
+    name = Path(image).name
+    for key in (image, name, Path(name).stem):
+        if key in annotations:
+            return annotations[key]
+    return []
+
+
 def boxes_for(
     annotations: Mapping[str, Sequence[tuple[str, Box]]], image: str, class_name: str | None = None
 ) -> list[Box]:
-    """The boxes of ``image``, only those of ``class_name`` if given.
-
-    ``image`` may be a path: it is looked up as given, then by file name, then by stem (ImageNet's
-    XML names images without extension). An image without annotations gives [].
-    """
-    name = Path(image).name
-    entries: Sequence[tuple[str, Box]] = []
-    for key in (image, name, Path(name).stem):
-        if key in annotations:
-            entries = annotations[key]
-            break
+    """The boxes of ``image`` (looked up as :func:`annotation_entries` does), only those of
+    ``class_name`` if given."""
+    entries = annotation_entries(annotations, image)
     return [box for cls, box in entries if class_name is None or cls == class_name]

@@ -105,17 +105,13 @@ def annotated_samples(
 
     ``resolve`` maps an annotation's class name to a black-box index. Returns the samples and
     the images that have no annotation (left out)."""
-    from rtsal.localization import boxes_for
+    from rtsal.localization import annotation_entries
 
     samples: list[Sample] = []
     missing: list[Path] = []
     cache: dict[str, int] = {}
     for path in images:
-        entries = None
-        for key in (str(path), path.name, path.stem):
-            if key in annotations:
-                entries = annotations[key]
-                break
+        entries = annotation_entries(annotations, str(path))
         if not entries:
             missing.append(path)
             continue
@@ -123,7 +119,8 @@ def annotated_samples(
         for name in dict.fromkeys(cls for cls, _ in entries):
             if name not in cache:
                 cache[name] = resolve(name)
-            samples.append(Sample(path, cache[name], boxes_for(annotations, path.name, name), pm))
+            boxes = [box for cls, box in entries if cls == name]
+            samples.append(Sample(path, cache[name], boxes, pm))
     return samples, missing
 
 
@@ -179,7 +176,7 @@ class _Totals:
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     maxbox: dict[str, np.ndarray] = field(default_factory=dict)
-    pr: list[np.ndarray] = field(default_factory=list)  # running sums of P, R, F (256,)
+    pr: np.ndarray | None = None  # running sums of the P, R and F curves, (3, 256)
 
     def add(self, key: str, value: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + float(value)
@@ -288,7 +285,7 @@ def score_method(
             p, r = precision_recall_curve(mask, gt)
             f = f_measure(p, r, BETA2)
             curves = np.stack([p, r, f])
-            t.pr = [curves] if not t.pr else [t.pr[0] + curves]
+            t.pr = curves if t.pr is None else t.pr + curves
             row["max_f_image"] = float(f.max())
             row["mae"] = mean_absolute_error(mask, gt)
             t.add("mae", row["mae"])
@@ -346,7 +343,7 @@ def _summary(method: str, metrics: Sequence[str], t: _Totals) -> dict[str, Any]:
         if k in metrics:
             out[k] = t.mean(k)
     if "pixel" in metrics:
-        p, r, f = t.pr[0] / t.n
+        p, r, f = t.pr / t.n
         out["max_f"] = float(f.max())
         out["max_f_threshold"] = int(f.argmax())
         out["mae"] = t.mean("mae")
