@@ -308,3 +308,5 @@ def test_metric_and_localize_bad_input(photo_with_box, tmp_path):
     assert_one_line_error(run, "pixel-masks")
     run = run_rtsal("metric", "--data", d / "images", "--metrics", "speed")
     assert_one_line_error(run, "unknown metric")
+    run = run_rtsal("localize", "--files", tmp_path / "no-list.txt", "--boxes", boxes)
+    assert_one_line_error(run, "file list not found")

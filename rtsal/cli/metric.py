@@ -22,7 +22,7 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 
 def _samples(explainer, data, files, boxes, class_map, pixel_masks, limit):
-    from rtsal.errors import RtsalError
+    from rtsal.errors import DataError, RtsalError
     from rtsal.labels import labelled_samples
     from rtsal.localization import read_boxes
     from rtsal.scoring import (
@@ -45,6 +45,8 @@ def _samples(explainer, data, files, boxes, class_map, pixel_masks, limit):
         if data is not None:
             images = list_images(Path(data))
         else:
+            if not files.is_file():
+                raise DataError(f"file list not found: {files}")
             images = [Path(line.strip()) for line in files.read_text().splitlines() if line.strip()]
         samples, missing = annotated_samples(
             images, read_boxes(boxes), resolve, pixel_masks=pixel_masks
