@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("rtsal")
 
 from rtsal._weights import load_state_dict  # noqa: E402
+from rtsal.allocator import keep_freed_memory  # noqa: E402
 from rtsal.blackbox import (  # noqa: E402
     BlackBox,
     create_black_box,
@@ -26,6 +27,7 @@ __all__ = [
     "RtsalError",
     "create_black_box",
     "is_black_box",
+    "keep_freed_memory",
     "list_black_boxes",
     "load_state_dict",
     "timm_black_box",

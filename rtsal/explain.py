@@ -69,7 +69,8 @@ class Explainer:
     ``"square"`` resizes to the black box's input size exactly. Networks and inputs are kept in
     channels-last memory layout (same numbers, about twice as fast on CPUs);
     ``precision="bfloat16"`` runs the masking model under bf16 autocast (faster still where the
-    CPU has bf16 units, at the cost of small differences in the masks).
+    CPU has bf16 units, at the cost of small differences in the masks). The masking model's
+    decoder runs with its BatchNorms folded into the convolutions (``fuse=False`` to keep them).
     """
 
     def __init__(
@@ -82,9 +83,11 @@ class Explainer:
         method: str = "masker",
         method_options: dict[str, Any] | None = None,
         precision: str = "float32",
+        fuse: bool = True,
     ):
         from rtsal.checkpoint import load_masker
         from rtsal.device import resolve_device
+        from rtsal.fusion import fold_batch_norms
         from rtsal.methods import create_method
 
         self.device = resolve_device(device) if isinstance(device, str) else device
@@ -98,6 +101,8 @@ class Explainer:
         if method == "masker":
             path = checkpoint if checkpoint is not None else default_checkpoint()
             self.model, self.black_box, self.meta = load_masker(path, black_box, device=self.device)
+            if fuse:
+                self.model = fold_batch_norms(self.model)
             self.method = None
         else:
             if black_box is None:  # the black box of the (shipped) checkpoint

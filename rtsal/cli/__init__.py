@@ -92,8 +92,10 @@ def _format_warning(message, category, filename, lineno, file=None, line=None) -
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: domain errors become one line on stderr and exit code 1."""
+    from rtsal.allocator import keep_freed_memory
     from rtsal.errors import RtsalError
 
+    keep_freed_memory()  # large tensors reuse freed pages (RTSAL_MALLOC=system to opt out)
     warnings.showwarning = _format_warning
     warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
     try:
