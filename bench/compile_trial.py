@@ -21,6 +21,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    from rtsal.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the rtsal command does
 
     from rtsal.explain import Explainer
 

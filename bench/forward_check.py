@@ -18,6 +18,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
+    from rtsal.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the rtsal command does
 
     from rtsal.explain import Explainer
     from rtsal.methods import create_method

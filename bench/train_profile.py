@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--nchw", action="store_true", help="train in the default NCHW layout")
     ap.add_argument("--out", default=None, help="also write the Markdown report here")
     a = ap.parse_args()
+    from rtsal.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the rtsal command does
 
     from rtsal.trainer import TrainConfig, Trainer
 

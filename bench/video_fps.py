@@ -51,8 +51,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="224,160,128,96")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--precision", default="float32", help="float32 or bfloat16")
+    ap.add_argument(
+        "--workers", default="1", help="comma-separated: 1 = decode/encode in threads, 0 = in turn"
+    )
     ap.add_argument("--out", default="runs/bench-video")
     args = ap.parse_args()
+    from rtsal.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the rtsal command does
 
     from rtsal.explain import Explainer
     from rtsal.video import explain_video
@@ -65,15 +71,18 @@ def main() -> None:
     rows = []
     for s in (int(v) for v in args.sizes.split(",")):
         explain_video(explainer, clip, out / "warmup.mp4", short_side=s, max_frames=5)
-        t0 = time.perf_counter()
-        stats = explain_video(explainer, clip, out / f"overlay-{s}.mp4", short_side=s)
-        stats["wall"] = time.perf_counter() - t0
-        rows.append({"short_side": s, **stats})
-        print(
-            f"{s:4d} px ({stats['model_size'][1]}x{stats['model_size'][0]}): "
-            f"{stats['fps']:.1f} fps end to end, {stats['model_fps']:.1f} fps model only",
-            flush=True,
-        )
+        for w in (int(v) for v in args.workers.split(",")):  # back to back at each size
+            t0 = time.perf_counter()
+            stats = explain_video(
+                explainer, clip, out / f"overlay-{s}-w{w}.mp4", short_side=s, workers=w
+            )
+            stats["wall"] = time.perf_counter() - t0
+            rows.append({"short_side": s, "workers": w, **stats})
+            print(
+                f"{s:4d} px ({stats['model_size'][1]}x{stats['model_size'][0]}), workers {w}: "
+                f"{stats['fps']:.1f} fps end to end, {stats['model_fps']:.1f} fps model only",
+                flush=True,
+            )
     result = {
         "command": "python bench/video_fps.py "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None),

@@ -188,12 +188,17 @@ class Explainer:
         classes: Sequence[int] | None = None,
         topk: int | None = None,
         with_probabilities: bool = True,
+        prepared: Sequence[torch.Tensor] | None = None,
     ) -> list[list[Explanation]]:
         """Explain same-sized (at model resolution) images; one list of explanations per image.
 
         One encoder pass per image serves the prediction and every class explained.
+        ``prepared``: the images already passed through :meth:`prepare` (e.g. by a reader
+        thread), in the same order.
         """
-        x = self._input(torch.stack([self.prepare(im) for im in images]))  # (B, C, h, w)
+        if prepared is None:
+            prepared = [self.prepare(im) for im in images]
+        x = self._input(torch.stack(list(prepared)))  # (B, C, h, w)
         feats = None
         if self.model is not None:
             with self._autocast():

@@ -6,7 +6,11 @@ from __future__ import annotations
 import glob
 import html
 import json
+import queue
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,29 +81,33 @@ class ExplainSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _save_outputs(
-    out: Path, stem: str, im: Image.Image, e: Explanation, save_npy: bool
-) -> dict[str, str]:
+def output_files(out: Path, stem: str, e: Explanation, save_npy: bool) -> dict[str, str]:
+    """The files written for one image and class: mask PNG, overlay, Figure-1 pair (and .npy)."""
     base = f"{stem}.{slug(e.class_name)}"
+    files = {
+        "mask": out / f"{base}.mask.png",
+        "overlay": out / f"{base}.overlay.jpg",
+        "pair": out / f"{base}.pair.jpg",
+    }
+    if save_npy:
+        files["npy"] = out / f"{base}.mask.npy"
+    return {k: str(v) for k, v in files.items()}
+
+
+def _save_outputs(files: dict[str, str], im: Image.Image, e: Explanation) -> None:
     x = pil_to_tensor(im)  # (3, H, W)
     m = e.mask[None]  # (1, H, W)
-    files = {}
     mask_img = Image.fromarray((e.mask.numpy() * 255 + 0.5).astype(np.uint8), mode="L")
-    files["mask"] = out / f"{base}.mask.png"
     mask_img.save(files["mask"])
-    files["overlay"] = out / f"{base}.overlay.jpg"
     overlay(x, m).save(files["overlay"], quality=90)
     pair = torch.cat(
         [x * m, torch.ones(3, x.shape[1], max(4, x.shape[2] // 50)), x * (1 - m)], dim=2
     )
-    files["pair"] = out / f"{base}.pair.jpg"
     Image.fromarray((pair.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(
         files["pair"], quality=90
     )
-    if save_npy:
-        files["npy"] = out / f"{base}.mask.npy"
+    if "npy" in files:
         np.save(files["npy"], e.mask.numpy().astype(np.float32))
-    return {k: str(v) for k, v in files.items()}
 
 
 def record_for(
@@ -121,14 +129,64 @@ def record_for(
 
 
 def _read_all(
-    items: Sequence[InputItem], summary: ExplainSummary, report: Callable[[str], None]
-) -> Iterator[tuple[InputItem, Image.Image]]:
+    items: Sequence[InputItem], explainer: Explainer
+) -> Iterator[tuple[InputItem, Image.Image | None, torch.Tensor | None, str | None]]:
+    """(item, image, image at model resolution, None), or (item, None, None, error message)."""
     for it in items:
         try:
-            yield it, load_image(it.path)
+            im = load_image(it.path)
+            yield it, im, explainer.prepare(im), None
         except DataError as exc:
-            summary.failed.append(str(exc))
-            report(str(exc))
+            yield it, None, None, str(exc)
+
+
+def in_background(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run ``iterator`` in a thread, at most ``depth`` items ahead of the consumer (decoding and
+    resizing release the GIL, so reading overlaps the model's work); its errors re-raise here."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            q.put((done, exc))
+
+    thread = threading.Thread(target=run, name="rtsal-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)  # it notices within 0.1 s, once its current item is made
+
+
+def default_workers(explainer: Explainer) -> int:
+    """Writer threads by default: 2 when the model runs on CUDA or MPS, 0 on the CPU."""
+    return 0 if explainer.device.type == "cpu" else 2
+
+
+def _done_now(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` run in this thread, as a finished future (writing with ``workers=0``)."""
+    future: Future = Future()
+    future.set_result(fn(*args))
+    return future
 
 
 def explain_files(
@@ -143,22 +201,57 @@ def explain_files(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     on_error: Callable[[str], None] | None = None,
     on_image: Callable[[], None] | None = None,
+    workers: int | None = None,
 ) -> ExplainSummary:
-    """Explain every readable image; unreadable ones are counted in ``summary.failed``."""
+    """Explain every readable image; unreadable ones are counted in ``summary.failed``.
+
+    Reading runs a batch ahead in a background thread and ``workers`` threads write the output
+    images, so decoding and encoding overlap the model's work; records come out in input order.
+    ``workers=0`` reads, explains and writes in turn, in this thread. The default
+    (:func:`default_workers`) overlaps only when the model runs on an accelerator: on a CPU the
+    threads compete with the model's own for the same cores (``docs/performance.md``).
+    """
+    workers = default_workers(explainer) if workers is None else workers
     summary = ExplainSummary()
     report = on_error or (lambda msg: None)
-    for batch in batched_by_size(_read_all(items, summary, report), explainer, batch_size):
-        results = explainer.explain_batch([im for _, im in batch], classes, topk)
-        for (it, im), expls in zip(batch, results, strict=True):
-            for e in expls:
-                files = _save_outputs(out, it.name, im, e, save_npy) if out else {}
-                rec = record_for(it.path, im, e, files)
-                summary.records.append({k: v for k, v in rec.items()})
-                if on_record:
-                    on_record(rec)
-            summary.explained += 1
-            if on_image:
-                on_image()
+    prepared: dict[int, torch.Tensor] = {}  # id(image) -> its model-resolution tensor
+
+    def readable() -> Iterator[tuple[InputItem, Image.Image]]:
+        reader = _read_all(items, explainer)
+        if workers > 0:
+            reader = in_background(reader, 2 * batch_size)
+        for it, im, x, error in reader:
+            if error is not None:
+                summary.failed.append(error)
+                report(error)
+                continue
+            prepared[id(im)] = x
+            yield it, im
+
+    pending: deque[Future] = deque()  # writes in flight, oldest first
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="rtsal-writer") as pool:
+        save = pool.submit if workers > 0 else _done_now
+        for batch in batched_by_size(readable(), explainer, batch_size):
+            images = [im for _, im in batch]
+            xs = [prepared.pop(id(im)) for im in images]
+            results = explainer.explain_batch(images, classes, topk, prepared=xs)
+            for (it, im), expls in zip(batch, results, strict=True):
+                for e in expls:
+                    files: dict[str, str] = {}
+                    if out:
+                        files = output_files(out, it.name, e, save_npy)
+                        pending.append(save(_save_outputs, files, im, e))
+                    rec = record_for(it.path, im, e, files)
+                    summary.records.append({k: v for k, v in rec.items()})
+                    if on_record:
+                        on_record(rec)
+                summary.explained += 1
+                if on_image:
+                    on_image()
+            while len(pending) > 2 * batch_size:  # bounded: memory stays flat
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
     if out is not None and summary.records:
         write_contact_sheet(out, summary)
     return summary

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 
 from rtsal.errors import DataError, RtsalError
 from rtsal.explain import Explainer, fit_size
+from rtsal.explain_files import _done_now, default_workers, in_background
 from rtsal.visualize import heatmap
 
 
@@ -41,6 +44,33 @@ def overlay_frame(frame: np.ndarray, mask: torch.Tensor, alpha: float = 0.5) -> 
     return out.clamp_(0, 255).to(torch.uint8).numpy()
 
 
+class _OverlayWriter:
+    """Blends each frame with its mask and encodes it (H.264, x264's "veryfast" preset)."""
+
+    def __init__(self, av: Any, output: Any, rate: Any) -> None:
+        self.av, self.output, self.rate = av, output, rate
+        self.stream = None
+
+    @torch.inference_mode()
+    def write(self, rgb: np.ndarray, mask: torch.Tensor) -> None:  # (H, W, 3), (1, 1, h, w)
+        H, W = rgb.shape[:2]
+        if self.stream is None:
+            self.stream = self.output.add_stream("libx264", rate=self.rate)
+            self.stream.width, self.stream.height = W - W % 2, H - H % 2
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"preset": "veryfast"}
+        full = F.interpolate(mask, size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+        blended = overlay_frame(rgb, full.clamp(0, 1))[: self.stream.height, : self.stream.width]
+        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(blended), format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.output.mux(packet)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.output.mux(packet)
+
+
 @torch.inference_mode()
 def explain_video(
     explainer: Explainer,
@@ -51,12 +81,18 @@ def explain_video(
     short_side: int | None = None,
     progress=None,
     max_frames: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Write ``dst`` with the overlay of each frame's mask (top-1 class unless ``classes``).
 
     Returns frames, wall-clock frames/s (decode + explain + encode) and model-only frames/s.
+    With ``workers=1`` decoding runs ahead in a thread and blending + encoding behind in
+    another; ``workers=0`` does all of it in turn, in this thread. By default the threads are
+    used only when the model runs on an accelerator (on a CPU they slow the model down).
     """
     av = _open_av()
+    if workers is None:
+        workers = min(1, default_workers(explainer))
     if not src.is_file():
         raise DataError(f"{src}: no such file")
     try:
@@ -73,41 +109,47 @@ def explain_video(
         output = av.open(str(dst), mode="w")
     except Exception as exc:
         raise RtsalError(f"cannot write {dst}: {exc}") from None
-    out_stream = None
     task = progress.add_task("video", total=total) if progress else None
     short = short_side or min(explainer.black_box.input_size)
     frames = 0
     model_seconds = 0.0
     t0 = time.perf_counter()
     cls = torch.tensor([classes[0]]) if classes else None
+    W = H = 0
+
+    def decoded() -> Iterator[np.ndarray]:
+        for i, frame in enumerate(container.decode(stream)):
+            if max_frames and i >= max_frames:
+                return
+            yield frame.to_ndarray(format="rgb24")  # (H, W, 3)
+
+    writer = _OverlayWriter(av, output, rate)
     try:
-        for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-            H, W = rgb.shape[:2]
-            if out_stream is None:
-                out_stream = output.add_stream("libx264", rate=rate)
-                out_stream.width, out_stream.height = W - W % 2, H - H % 2
-                out_stream.pix_fmt = "yuv420p"
-            h, w = fit_size(W, H, short)
-            t1 = time.perf_counter()
-            x = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)[None]
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            mask, _, _ = explainer.masks(x, cls)  # top-1 class when none is given
-            model_seconds += time.perf_counter() - t1
-            full = F.interpolate(
-                mask.float().cpu(), size=(H, W), mode="bilinear", align_corners=False
-            )[0, 0].clamp(0, 1)
-            blended = overlay_frame(rgb, full)[: out_stream.height, : out_stream.width]
-            for packet in out_stream.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
-                output.mux(packet)
-            frames += 1
-            if progress:
-                progress.update(task, advance=1)
-            if max_frames and frames >= max_frames:
-                break
-        if out_stream is not None:
-            for packet in out_stream.encode():
-                output.mux(packet)
+        # decoding runs ahead in a thread, blending and encoding behind in another: the model's
+        # work in this thread overlaps both (PyAV and torch release the GIL)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtsal-video") as pool:
+            pending: deque[Future] = deque()
+            save = pool.submit if workers > 0 else _done_now
+            source = in_background(decoded(), depth=4) if workers > 0 else decoded()
+            for rgb in source:
+                H, W = rgb.shape[:2]
+                h, w = fit_size(W, H, short)
+                t1 = time.perf_counter()
+                x = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)[None]
+                x = F.interpolate(
+                    x, size=(h, w), mode="bilinear", align_corners=False, antialias=True
+                )
+                mask, _, _ = explainer.masks(x, cls)  # top-1 class when none is given
+                model_seconds += time.perf_counter() - t1
+                pending.append(save(writer.write, rgb, mask.float().cpu()))
+                while len(pending) > 4:  # bounded: frames are not piled up in memory
+                    pending.popleft().result()
+                frames += 1
+                if progress:
+                    progress.update(task, advance=1)
+            while pending:
+                pending.popleft().result()
+        writer.flush()
     except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
         raise DataError(f"{src}: video decoding failed ({exc})") from None
     finally:

@@ -233,3 +233,129 @@ def test_shipped_model_explains_with_no_checkpoint_and_is_class_selective(tmp_pa
         others = [a["mask_area"] for a in absent if a["input"] == r["input"]]
         assert r["mask_area"] > 3 * max(others), (r["input"], r["mask_area"], others)
         assert r["p_image"] > 0.15  # a confident prediction is what is explained
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_files_in_turn_or_pipelined_match_one_by_one_explanations(checkpoint, tmp_path, workers):
+    """In turn, or with a reader thread and a writer pool: records in input order, the bad file
+    reported in its place, masks equal to explaining each image alone, every file written."""
+    from rtsal.explain import Explainer
+    from rtsal.explain_files import expand_inputs, explain_files
+
+    src = tmp_path / "in"
+    src.mkdir()
+    photos = {"a_chelsea": skdata.chelsea(), "b_coffee": skdata.coffee()}
+    photos["d_rocket"] = skdata.rocket()
+    photos["e_astronaut"] = skdata.astronaut()
+    for name, arr in photos.items():
+        Image.fromarray(arr).save(src / f"{name}.png")
+    (src / "c_broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    items, missing = expand_inputs([str(src)])
+    assert not missing and [it.name for it in items][2] == "c_broken"
+    explainer = Explainer(checkpoint, device="cpu")
+    errors: list[str] = []
+    (tmp_path / "out").mkdir()
+    summary = explain_files(
+        explainer,
+        items,
+        out=tmp_path / "out",
+        batch_size=2,
+        workers=workers,
+        on_error=errors.append,
+    )
+    assert summary.explained == 4 and len(summary.failed) == 1 and "c_broken" in errors[0]
+    assert [Path(r["input"]).stem for r in summary.records] == sorted(photos)
+    for rec in summary.records:
+        im = Image.open(rec["input"]).convert("RGB")
+        (alone,) = explainer.explain_batch([im], [rec["class_index"]])[0]
+        written = np.asarray(Image.open(rec["files"]["mask"]), dtype=np.float32) / 255
+        assert np.abs(written - alone.mask.numpy()).max() <= 1 / 255 + 1e-6
+        assert all(Path(f).stat().st_size > 0 for f in rec["files"].values())
+
+
+def test_in_background_keeps_order_forwards_errors_and_stops():
+    import threading
+    import time
+
+    from rtsal.explain_files import in_background
+
+    assert list(in_background(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("disk on fire")
+
+    with pytest.raises(ValueError, match="disk on fire"):
+        list(in_background(failing(), depth=2))
+
+    gen = in_background(iter(range(10**6)), depth=2)
+    assert next(gen) == 0
+    gen.close()  # the consumer stops early: the reader thread must end, not block forever
+    deadline = time.time() + 5
+    while any(t.name == "rtsal-reader" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "rtsal-reader" for t in threading.enumerate())
+
+
+def test_folded_batch_norms_give_the_same_masks(checkpoint):
+    """The explanation path folds the decoder's BatchNorms; masks must not change."""
+    from rtsal.explain import Explainer
+
+    im = Image.fromarray(skdata.chelsea())
+    fused = Explainer(checkpoint, device="cpu").explain_batch([im], [281])[0][0]
+    plain = Explainer(checkpoint, device="cpu", fuse=False).explain_batch([im], [281])[0][0]
+    assert (fused.mask - plain.mask).abs().max() < 1e-5
+    assert fused.p_preserved == pytest.approx(plain.p_preserved, abs=1e-5)
+
+
+def _write_clip(path: Path, frames: int, size=(96, 64)) -> None:
+    av = pytest.importorskip("av")
+    photo = Image.fromarray(skdata.chelsea())
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=25)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    for i in range(frames):
+        crop = photo.crop((i * 8, 0, i * 8 + 300, 200)).resize(size)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(crop), format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+def test_video_in_turn_and_threaded_write_the_same_overlays(checkpoint, tmp_path):
+    from rtsal.explain import Explainer
+    from rtsal.video import explain_video
+
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, frames=8)
+    explainer = Explainer(checkpoint, device="cpu")
+    outs = {}
+    for workers in (0, 1):
+        dst = tmp_path / f"out{workers}.mp4"
+        stats = explain_video(explainer, clip, dst, short_side=64, workers=workers)
+        assert stats["frames"] == 8
+        outs[workers] = _frames(dst)
+    assert len(outs[0]) == len(outs[1]) == 8
+    assert outs[0][0].shape == (64, 96, 3)
+    src = _frames(clip)
+    for a, b, s in zip(outs[0], outs[1], src, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 2  # same masks, lossy codec
+        assert np.abs(a.astype(int) - s.astype(int)).mean() > 2  # the heat map is drawn on
+
+
+def test_corrupt_video_is_one_line(checkpoint, tmp_path):
+    pytest.importorskip("av")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    run = run_rtsal("explain", bad, "--checkpoint", checkpoint, env=PLUGINS)
+    assert run.code != 0
+    assert_one_line_error(run)

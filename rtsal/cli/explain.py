@@ -61,6 +61,16 @@ def explain(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     size: Annotated[int | None, typer.Option(help="Video: model resolution (short side).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            show_default=False,
+            help="Threads writing output images while the model works (reading also runs ahead "
+            "in a thread); 0 does everything in turn. Default: 2 on CUDA/MPS, 0 on the CPU "
+            "(where the threads would compete with the model's).",
+        ),
+    ] = None,
     precision: Annotated[
         str,
         typer.Option(
@@ -112,6 +122,7 @@ def explain(
                 classes=classes,
                 short_side=size,
                 progress=progress,
+                workers=None if workers is None else min(1, workers),
             )
         result = {"input": videos[0], "output": str(target), **stats}
         typer.echo(
@@ -149,6 +160,7 @@ def explain(
             topk=topk,
             batch_size=batch_size,
             save_npy=save_npy,
+            workers=workers,
             on_record=on_record,
             on_error=lambda msg: err.print(f"error: {msg}", highlight=False, markup=False),
             on_image=lambda: progress.update(task, advance=1),
