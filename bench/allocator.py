@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _markdown import write_section  # bench/_markdown.py, beside this script
+
 CHILD = """
 import json, resource, statistics, sys, time, torch
 from rtsal.allocator import keep_freed_memory
@@ -104,15 +106,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if a.out:
-        path = Path(a.out)
-        begin, end = "<!-- bench/allocator.py: begin -->", "<!-- bench/allocator.py: end -->"
-        block = f"{begin}\n{text}\n{end}"
-        doc = path.read_text() if path.exists() else "# Performance\n"
-        if begin in doc and end in doc:
-            doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
-        else:
-            doc = doc.rstrip() + "\n\n" + block + "\n"
-        path.write_text(doc)
+        write_section(Path(a.out), "bench/allocator.py", text)
 
 
 if __name__ == "__main__":

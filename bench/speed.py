@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from _markdown import write_section  # bench/_markdown.py, beside this script
 
 
 def rss_mb() -> float:
@@ -435,14 +436,7 @@ def write_markdown(path: Path, command: str, machine: dict, results: list[dict],
                 f"{1000 * lat['seconds']:.1f} | {mem} |"
             )
         lines.append("")
-    begin, end = "<!-- bench/speed.py: begin -->", "<!-- bench/speed.py: end -->"
-    block = "\n".join([begin, *lines, end])
-    text = path.read_text() if path.exists() else "# Performance\n\n"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    write_section(path, "bench/speed.py", "\n".join(lines))
 
 
 if __name__ == "__main__":
