@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="224,160,128,96")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--precision", default="float32", help="float32 or bfloat16")
+    ap.add_argument("--backends", default="pytorch", help="comma-separated: pytorch,onnxruntime")
     ap.add_argument(
         "--workers", default="1", help="comma-separated: 1 = decode/encode in threads, 0 = in turn"
     )
@@ -67,22 +68,27 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     clip = out / "clip.mp4"
     make_clip(clip, args.frames)
-    explainer = Explainer(args.checkpoint, precision=args.precision)
+    explainers = {
+        b: Explainer(args.checkpoint, precision=args.precision, backend=b)
+        for b in args.backends.split(",")
+    }
     rows = []
     for s in (int(v) for v in args.sizes.split(",")):
-        explain_video(explainer, clip, out / "warmup.mp4", short_side=s, max_frames=5)
-        for w in (int(v) for v in args.workers.split(",")):  # back to back at each size
-            t0 = time.perf_counter()
-            stats = explain_video(
-                explainer, clip, out / f"overlay-{s}-w{w}.mp4", short_side=s, workers=w
-            )
-            stats["wall"] = time.perf_counter() - t0
-            rows.append({"short_side": s, "workers": w, **stats})
-            print(
-                f"{s:4d} px ({stats['model_size'][1]}x{stats['model_size'][0]}), workers {w}: "
-                f"{stats['fps']:.1f} fps end to end, {stats['model_fps']:.1f} fps model only",
-                flush=True,
-            )
+        for b, explainer in explainers.items():  # back to back at each size
+            explain_video(explainer, clip, out / "warmup.mp4", short_side=s, max_frames=5)
+            for w in (int(v) for v in args.workers.split(",")):
+                t0 = time.perf_counter()
+                stats = explain_video(
+                    explainer, clip, out / f"overlay-{s}-{b}-w{w}.mp4", short_side=s, workers=w
+                )
+                stats["wall"] = time.perf_counter() - t0
+                rows.append({"short_side": s, "backend": b, "workers": w, **stats})
+                print(
+                    f"{s:4d} px ({stats['model_size'][1]}x{stats['model_size'][0]}), {b}, "
+                    f"workers {w}: {stats['fps']:.1f} fps end to end, "
+                    f"{stats['model_fps']:.1f} fps model only",
+                    flush=True,
+                )
     result = {
         "command": "python bench/video_fps.py "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None),

@@ -84,12 +84,25 @@ class Explainer:
         method_options: dict[str, Any] | None = None,
         precision: str = "float32",
         fuse: bool = True,
+        backend: str = "pytorch",
     ):
         from rtsal.checkpoint import load_masker
         from rtsal.device import resolve_device
         from rtsal.fusion import fold_batch_norms
         from rtsal.methods import create_method
 
+        if backend not in ("pytorch", "onnxruntime"):
+            raise RtsalError(f"unknown backend {backend!r}: use pytorch or onnxruntime")
+        if backend == "onnxruntime":
+            if method != "masker":
+                raise RtsalError(
+                    "--backend onnxruntime runs the masking model only (--method masker)"
+                )
+            if precision != "float32":
+                raise RtsalError("--backend onnxruntime runs in float32 only")
+            if str(device) not in ("auto", "cpu"):
+                raise RtsalError("--backend onnxruntime runs on the CPU; drop --device")
+            device = "cpu"
         self.device = resolve_device(device) if isinstance(device, str) else device
         if resize not in ("fit", "square"):
             raise RtsalError("--resize must be fit or square")
@@ -98,12 +111,17 @@ class Explainer:
             raise RtsalError("--precision must be float32 or bfloat16")
         self.precision = precision
         self.model = None
+        self.onnx = None
         if method == "masker":
             path = checkpoint if checkpoint is not None else default_checkpoint()
             self.model, self.black_box, self.meta = load_masker(path, black_box, device=self.device)
             if fuse:
                 self.model = fold_batch_norms(self.model)
             self.method = None
+            if backend == "onnxruntime":
+                from rtsal.onnx_backend import OnnxMasker
+
+                self.onnx = OnnxMasker(Path(path))
         else:
             if black_box is None:  # the black box of the (shipped) checkpoint
                 from rtsal.checkpoint import checkpoint_black_box, read_meta
@@ -162,6 +180,11 @@ class Explainer:
         box, one backbone pass gives both the prediction and the mask.
         """
         x = self._input(x)
+        if self.onnx is not None:
+            mask, probs = self.onnx(x, classes)
+            logits = _log_probabilities(probs)
+            classes = logits.argmax(1) if classes is None else classes.to(self.device)
+            return mask, logits, classes
         if self.model is not None:
             with self._autocast():
                 feats = self.model.encode(x, with_logits=self.shared_encoder)
@@ -200,7 +223,11 @@ class Explainer:
             prepared = [self.prepare(im) for im in images]
         x = self._input(torch.stack(list(prepared)))  # (B, C, h, w)
         feats = None
-        if self.model is not None:
+        top1_masks = None
+        if self.onnx is not None:  # one run gives each image's top-1 mask and the probabilities
+            top1_masks, probs = self.onnx(x, None)
+            logits = _log_probabilities(probs)
+        elif self.model is not None:
             with self._autocast():
                 feats = self.model.encode(x, with_logits=self.shared_encoder)
                 logits = (feats.logits if self.shared_encoder else self.black_box(x)).float()
@@ -210,7 +237,13 @@ class Explainer:
         img_idx = torch.tensor([i for i, cs in enumerate(chosen) for _ in cs], device=x.device)
         cb = torch.tensor([c for cs in chosen for c in cs], device=x.device)
         xb = x[img_idx]  # one row per (image, class)
-        if feats is not None:
+        if top1_masks is not None:
+            top1 = logits.argmax(1)
+            if bool((top1[img_idx] == cb).all()):
+                m = top1_masks[img_idx]
+            else:
+                m, _ = self.onnx(xb, cb)
+        elif feats is not None:
             rows = EncoderFeatures([t[img_idx] for t in feats.skips], feats.coarsest[img_idx])
             with self._autocast():
                 m = self.model.decode(rows, cb, x.shape[-2:]).mask.float()
@@ -251,6 +284,11 @@ class Explainer:
                 )
             )
         return results
+
+
+def _log_probabilities(probs: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (B, K) standing in for logits: same argmax, same softmax."""
+    return probs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
 def batched_by_size(

@@ -96,7 +96,9 @@ class ExportableMasker(nn.Module):
     def forward(
         self, images: torch.Tensor, classes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A class id of -1 asks for that image's top-1 class (one backbone pass either way)."""
         feats, logits = self._encode(images)
+        classes = torch.where(classes < 0, logits.argmax(dim=1), classes)  # (B,)
         mask = self.model.decode(feats, classes, images.shape[-2:]).mask
         return mask, logits.softmax(dim=1)
 

@@ -359,3 +359,45 @@ def test_corrupt_video_is_one_line(checkpoint, tmp_path):
     run = run_rtsal("explain", bad, "--checkpoint", checkpoint, env=PLUGINS)
     assert run.code != 0
     assert_one_line_error(run)
+
+
+def test_onnxruntime_backend_matches_pytorch_and_caches_its_export(tmp_path, monkeypatch):
+    """The shipped model under ONNX Runtime: same top-1, masks and probabilities as PyTorch."""
+    pytest.importorskip("onnxruntime")
+    from rtsal.explain import Explainer, default_checkpoint
+
+    checkpoint = default_checkpoint()
+
+    monkeypatch.setenv("RTSAL_CACHE", str(tmp_path / "cache"))
+    ims = [Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.coffee())]
+    torch_ex = Explainer(checkpoint, device="cpu", resize="square")
+    onnx_ex = Explainer(checkpoint, backend="onnxruntime", resize="square")
+    exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(exported) == 1
+    stamp = exported[0].stat().st_mtime_ns
+    x = torch.stack([torch_ex.prepare(im) for im in ims])
+    m_t, logits_t, top_t = torch_ex.masks(x, None)  # top-1 (class -1 in the exported graph)
+    m_o, logits_o, top_o = onnx_ex.masks(x, None)
+    assert torch.equal(top_t, top_o)
+    assert (m_t - m_o).abs().max() < 1e-4
+    assert (logits_t.softmax(1) - logits_o.softmax(1)).abs().max() < 1e-4
+    # explicit classes, several per image (the top-1 shortcut does not apply)
+    pairs = zip(
+        torch_ex.explain_batch(ims[:1], [281, 1]),
+        onnx_ex.explain_batch(ims[:1], [281, 1]),
+        strict=True,
+    )
+    for a, b in pairs:
+        for ea, eb in zip(a, b, strict=True):
+            assert ea.class_index == eb.class_index
+            assert (ea.mask - eb.mask).abs().max() < 1e-4
+    Explainer(checkpoint, backend="onnxruntime")  # a second load reuses the cached file
+    assert exported[0].stat().st_mtime_ns == stamp
+
+
+def test_onnxruntime_backend_refuses_other_methods(checkpoint, photos):
+    run = run_rtsal(
+        "explain", photos, "--checkpoint", checkpoint, "--method", "gradcam",
+        "--backend", "onnxruntime", env=PLUGINS,
+    )  # fmt: skip
+    assert_one_line_error(run, "onnxruntime")

@@ -61,6 +61,13 @@ def explain(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     size: Annotated[int | None, typer.Option(help="Video: model resolution (short side).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="pytorch, or onnxruntime (the masking model exported once and cached; about "
+            "half the latency of one image on a CPU)."
+        ),
+    ] = "pytorch",
     workers: Annotated[
         int | None,
         typer.Option(
@@ -106,6 +113,7 @@ def explain(
         method=method,
         method_options=parse_method_options(method_option),
         precision=precision,
+        backend=backend,
     )
     classes = explainer.resolver.resolve_many(class_) if class_ else None
     if videos:
