@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="mask.png", help="where to write the mask overlay")
     args = parser.parse_args(argv)
+    rtsal.keep_freed_memory()  # as the rtsal command does: big tensors reuse freed pages
 
     if args.checkpoint:
         box = rtsal.create_black_box(args.blackbox) if args.blackbox else None
