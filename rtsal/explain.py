@@ -115,7 +115,7 @@ class Explainer:
         if method == "masker":
             path = checkpoint if checkpoint is not None else default_checkpoint()
             self.model, self.black_box, self.meta = load_masker(path, black_box, device=self.device)
-            if fuse:
+            if fuse and backend == "pytorch":  # ONNX Runtime runs its own export
                 self.model = fold_batch_norms(self.model)
             self.method = None
             if backend == "onnxruntime":

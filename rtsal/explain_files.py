@@ -6,11 +6,7 @@ from __future__ import annotations
 import glob
 import html
 import json
-import queue
-import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rtsal._pipeline import OrderedWrites, default_workers, read_ahead
 from rtsal.errors import DataError, RtsalError
 from rtsal.explain import Explainer, Explanation, batched_by_size, slug
 from rtsal.images import IMAGE_EXTENSIONS, is_image_path, load_image, pil_to_tensor
@@ -140,55 +137,6 @@ def _read_all(
             yield it, None, None, str(exc)
 
 
-def in_background(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run ``iterator`` in a thread, at most ``depth`` items ahead of the consumer (decoding and
-    resizing release the GIL, so reading overlaps the model's work); its errors re-raise here."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    done = object()
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((done, None))
-        except BaseException as exc:  # handed to the consumer
-            q.put((done, exc))
-
-    thread = threading.Thread(target=run, name="rtsal-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = q.get()
-            if item is done:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=10)  # it notices within 0.1 s, once its current item is made
-
-
-def default_workers(explainer: Explainer) -> int:
-    """Writer threads by default: 2 when the model runs on CUDA or MPS, 0 on the CPU."""
-    return 0 if explainer.device.type == "cpu" else 2
-
-
-def _done_now(fn: Callable[..., Any], *args: Any) -> Future:
-    """``fn(*args)`` run in this thread, as a finished future (writing with ``workers=0``)."""
-    future: Future = Future()
-    future.set_result(fn(*args))
-    return future
-
-
 def explain_files(
     explainer: Explainer,
     items: Sequence[InputItem],
@@ -207,40 +155,33 @@ def explain_files(
 
     Reading runs a batch ahead in a background thread and ``workers`` threads write the output
     images, so decoding and encoding overlap the model's work; records come out in input order.
-    ``workers=0`` reads, explains and writes in turn, in this thread. The default
-    (:func:`default_workers`) overlaps only when the model runs on an accelerator: on a CPU the
-    threads compete with the model's own for the same cores (``docs/performance.md``).
+    ``workers=0`` reads, explains and writes in turn, in this thread. The default overlaps only
+    when the model runs on an accelerator (:func:`rtsal._pipeline.default_workers`).
     """
-    workers = default_workers(explainer) if workers is None else workers
+    if workers is None:
+        workers = default_workers(explainer.device.type)
     summary = ExplainSummary()
     report = on_error or (lambda msg: None)
-    prepared: dict[int, torch.Tensor] = {}  # id(image) -> its model-resolution tensor
 
-    def readable() -> Iterator[tuple[InputItem, Image.Image]]:
-        reader = _read_all(items, explainer)
-        if workers > 0:
-            reader = in_background(reader, 2 * batch_size)
-        for it, im, x, error in reader:
+    def readable() -> Iterator[tuple[tuple[InputItem, torch.Tensor], Image.Image]]:
+        for it, im, x, error in read_ahead(_read_all(items, explainer), workers, 2 * batch_size):
             if error is not None:
                 summary.failed.append(error)
                 report(error)
                 continue
-            prepared[id(im)] = x
-            yield it, im
+            yield (it, x), im  # the key carries the image at model resolution
 
-    pending: deque[Future] = deque()  # writes in flight, oldest first
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="rtsal-writer") as pool:
-        save = pool.submit if workers > 0 else _done_now
+    with OrderedWrites(workers, bound=2 * batch_size) as writes:
         for batch in batched_by_size(readable(), explainer, batch_size):
             images = [im for _, im in batch]
-            xs = [prepared.pop(id(im)) for im in images]
-            results = explainer.explain_batch(images, classes, topk, prepared=xs)
-            for (it, im), expls in zip(batch, results, strict=True):
+            prepared = [x for (_, x), _ in batch]
+            results = explainer.explain_batch(images, classes, topk, prepared=prepared)
+            for ((it, _), im), expls in zip(batch, results, strict=True):
                 for e in expls:
                     files: dict[str, str] = {}
                     if out:
                         files = output_files(out, it.name, e, save_npy)
-                        pending.append(save(_save_outputs, files, im, e))
+                        writes.submit(_save_outputs, files, im, e)
                     rec = record_for(it.path, im, e, files)
                     summary.records.append({k: v for k, v in rec.items()})
                     if on_record:
@@ -248,10 +189,6 @@ def explain_files(
                 summary.explained += 1
                 if on_image:
                     on_image()
-            while len(pending) > 2 * batch_size:  # bounded: memory stays flat
-                pending.popleft().result()
-        while pending:
-            pending.popleft().result()
     if out is not None and summary.records:
         write_contact_sheet(out, summary)
     return summary

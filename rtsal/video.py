@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtsal._pipeline import OrderedWrites, default_workers, read_ahead
 from rtsal.errors import DataError, RtsalError
 from rtsal.explain import Explainer, fit_size
-from rtsal.explain_files import _done_now, default_workers, in_background
 from rtsal.visualize import heatmap
 
 
@@ -86,13 +84,14 @@ def explain_video(
     """Write ``dst`` with the overlay of each frame's mask (top-1 class unless ``classes``).
 
     Returns frames, wall-clock frames/s (decode + explain + encode) and model-only frames/s.
-    With ``workers=1`` decoding runs ahead in a thread and blending + encoding behind in
-    another; ``workers=0`` does all of it in turn, in this thread. By default the threads are
-    used only when the model runs on an accelerator (on a CPU they slow the model down).
+    With ``workers`` > 0 decoding runs ahead in a thread and blending + encoding behind in
+    another (one: frames are encoded in order); ``workers=0`` does all of it in turn, in this
+    thread. By default the threads are used only when the model runs on an accelerator (on a
+    CPU they slow the model down).
     """
     av = _open_av()
     if workers is None:
-        workers = min(1, default_workers(explainer))
+        workers = default_workers(explainer.device.type)
     if not src.is_file():
         raise DataError(f"{src}: no such file")
     try:
@@ -127,11 +126,8 @@ def explain_video(
     try:
         # decoding runs ahead in a thread, blending and encoding behind in another: the model's
         # work in this thread overlaps both (PyAV and torch release the GIL)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtsal-video") as pool:
-            pending: deque[Future] = deque()
-            save = pool.submit if workers > 0 else _done_now
-            source = in_background(decoded(), depth=4) if workers > 0 else decoded()
-            for rgb in source:
+        with OrderedWrites(min(1, workers), bound=4, name="rtsal-video") as writes:
+            for rgb in read_ahead(decoded(), workers, depth=4):
                 H, W = rgb.shape[:2]
                 h, w = fit_size(W, H, short)
                 t1 = time.perf_counter()
@@ -141,14 +137,10 @@ def explain_video(
                 )
                 mask, _, _ = explainer.masks(x, cls)  # top-1 class when none is given
                 model_seconds += time.perf_counter() - t1
-                pending.append(save(writer.write, rgb, mask.float().cpu()))
-                while len(pending) > 4:  # bounded: frames are not piled up in memory
-                    pending.popleft().result()
+                writes.submit(writer.write, rgb, mask.float().cpu())  # one thread: in order
                 frames += 1
                 if progress:
                     progress.update(task, advance=1)
-            while pending:
-                pending.popleft().result()
         writer.flush()
     except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
         raise DataError(f"{src}: video decoding failed ({exc})") from None

@@ -277,7 +277,7 @@ def test_in_background_keeps_order_forwards_errors_and_stops():
     import threading
     import time
 
-    from rtsal.explain_files import in_background
+    from rtsal._pipeline import in_background
 
     assert list(in_background(iter(range(50)), depth=3)) == list(range(50))
 

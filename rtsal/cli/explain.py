@@ -130,7 +130,7 @@ def explain(
                 classes=classes,
                 short_side=size,
                 progress=progress,
-                workers=None if workers is None else min(1, workers),
+                workers=workers,
             )
         result = {"input": videos[0], "output": str(target), **stats}
         typer.echo(
