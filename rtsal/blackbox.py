@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rtsal.errors import RtsalError, UnknownBlackBoxError
-from rtsal.plugins import PluginWarning
+from rtsal.plugins import PluginWarning, cached_registry, collect
 
 
 class BlackBox(nn.Module):
@@ -140,61 +140,49 @@ class Registry:
         return list({id(e): e for e in self.entries.values()}.values())
 
 
-_registry_cache: Registry | None = None
-
-
 def _collect_registry() -> Registry:
-    from rtsal.plugins import get_plugin_manager
-
-    pm = get_plugin_manager()
     reg = Registry()
-    for impl in pm.hook.register_black_boxes.get_hookimpls():
-        plugin_name = impl.plugin_name
 
-        def register(
-            name: str,
-            factory: Callable[..., BlackBox],
-            *,
-            aliases: Sequence[str] = (),
-            summary: str = "",
-            input_size: tuple[int, int] | None = None,
-            num_classes: int | None = None,
-            _plugin: str = plugin_name,
-        ) -> None:
-            entry = BlackBoxEntry(
-                name, factory, tuple(aliases), summary, input_size, num_classes, _plugin
-            )
-            for key in (name, *aliases):
-                taken = reg.entries.get(key.lower())
-                if taken is not None and taken.plugin != _plugin:
-                    warnings.warn(
-                        f"black box name {key!r} from plugin {_plugin!r} is already registered "
-                        f"by {taken.plugin!r}; keeping the first",
-                        PluginWarning,
-                        stacklevel=2,
-                    )
-                    continue
-                reg.entries[key.lower()] = entry
+    def add_black_box(
+        plugin: str,
+        name: str,
+        factory: Callable[..., BlackBox],
+        *,
+        aliases: Sequence[str] = (),
+        summary: str = "",
+        input_size: tuple[int, int] | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        entry = BlackBoxEntry(
+            name, factory, tuple(aliases), summary, input_size, num_classes, plugin
+        )
+        for key in (name, *aliases):
+            taken = reg.entries.get(key.lower())
+            if taken is not None and taken.plugin != plugin:
+                warnings.warn(
+                    f"black box name {key!r} from plugin {plugin!r} is already registered "
+                    f"by {taken.plugin!r}; keeping the first",
+                    PluginWarning,
+                    stacklevel=2,
+                )
+                continue
+            reg.entries[key.lower()] = entry
 
-        impl.function(register=register)
-    for impl in pm.hook.register_black_box_providers.get_hookimpls():
+    def add_provider(plugin: str, provider: Any) -> None:
+        for attr in ("prefix", "claims", "create", "names"):
+            if not hasattr(provider, attr):
+                raise TypeError(f"black-box provider has no {attr!r}")
+        reg.providers.append(provider)
+        reg.provider_plugins[id(provider)] = plugin
 
-        def register_provider(provider: Any, _plugin: str = impl.plugin_name) -> None:
-            for attr in ("prefix", "claims", "create", "names"):
-                if not hasattr(provider, attr):
-                    raise TypeError(f"black-box provider from {_plugin!r} has no {attr!r}")
-            reg.providers.append(provider)
-            reg.provider_plugins[id(provider)] = _plugin
-
-        impl.function(register=register_provider)
+    collect("register_black_boxes", add_black_box)
+    collect("register_black_box_providers", add_provider)
     return reg
 
 
 def registry() -> Registry:
-    global _registry_cache
-    if _registry_cache is None:
-        _registry_cache = _collect_registry()
-    return _registry_cache
+    """Every black box and provider the plugins registered; built once per plugin manager."""
+    return cached_registry("black boxes", _collect_registry)
 
 
 def create_black_box(

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from rtsal.errors import RtsalError, UnknownNameError
+from rtsal.plugins import cached_registry, collect
 
 
 class ExplanationMethod(Protocol):
@@ -30,24 +31,28 @@ class MethodEntry:
 
 
 def _collect() -> dict[str, MethodEntry]:
-    from rtsal.plugins import get_plugin_manager
-
     found: dict[str, MethodEntry] = {}
-    for impl in get_plugin_manager().hook.register_methods.get_hookimpls():
 
-        def register(name: str, factory, *, summary: str = "", _plugin=impl.plugin_name) -> None:
-            found.setdefault(name.lower(), MethodEntry(name, factory, summary, _plugin))
+    def add(
+        plugin: str, name: str, factory: Callable[..., ExplanationMethod], *, summary: str = ""
+    ) -> None:
+        found.setdefault(name.lower(), MethodEntry(name, factory, summary, plugin))
 
-        impl.function(register=register)
+    collect("register_methods", add)
     return found
 
 
+def _registry() -> dict[str, MethodEntry]:
+    """Lower-cased name -> method; built once per plugin manager."""
+    return cached_registry("methods", _collect)
+
+
 def list_methods(pattern: str = "*") -> list[MethodEntry]:
-    return [e for e in _collect().values() if fnmatch.fnmatch(e.name, pattern)]
+    return [e for e in _registry().values() if fnmatch.fnmatch(e.name, pattern)]
 
 
 def create_method(name: str, black_box: Any, **options: Any) -> ExplanationMethod:
-    entries = _collect()
+    entries = _registry()
     entry = entries.get(name.lower())
     if entry is None:
         raise UnknownNameError("method", name, [e.name for e in entries.values()])

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Callable
 from importlib import metadata
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -27,10 +29,13 @@ DEFAULT_PLUGINS = {  # plugin name -> module; registered exactly like third-part
 
 
 class PluginWarning(UserWarning):
-    """A third-party plugin could not be loaded; rtsal carries on without it."""
+    """A plugin could not be loaded, or one of its hooks failed; rtsal carries on without it."""
 
 
 _manager: pluggy.PluginManager | None = None
+_registries: dict[str, Any] = {}  # what the hooks registered, per registry; dropped on reset
+
+T = TypeVar("T")
 
 
 def _env_flag(name: str) -> bool:
@@ -93,12 +98,65 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 def reset_plugin_manager(pm: pluggy.PluginManager | None = None) -> None:
-    """Replace (or drop, to rebuild lazily) the process-wide manager; used by tests."""
+    """Replace (or drop, to rebuild lazily) the process-wide manager and the registries built
+    from it; used by tests."""
     global _manager
     _manager = pm
-    from rtsal import blackbox
+    _registries.clear()
 
-    blackbox._registry_cache = None
+
+def cached_registry(name: str, build: Callable[[], T]) -> T:
+    """The registry called ``name``, built by ``build()`` once per plugin manager."""
+    if name not in _registries:
+        _registries[name] = build()
+    return _registries[name]
+
+
+def call_each(hook_name: str, arguments: Callable[[str], dict[str, Any]]) -> list[str]:
+    """Call every plugin's implementation of ``hook_name`` on its own, with the keyword
+    arguments ``arguments(plugin_name)``. An implementation that raises becomes a
+    :class:`PluginWarning` naming its plugin and is skipped; the others still run.
+
+    Returns the names of the plugins whose implementation returned, in call order.
+    """
+    done = []
+    for impl in getattr(get_plugin_manager().hook, hook_name).get_hookimpls():
+        given = arguments(impl.plugin_name)
+        try:
+            impl.function(*(given[arg] for arg in impl.argnames))
+        except Exception as exc:  # a broken plugin must not break rtsal
+            _warn_skipped(f"plugin {impl.plugin_name!r} ({hook_name})", exc)
+            continue
+        done.append(impl.plugin_name)
+    return done
+
+
+def collect(hook_name: str, add: Callable[..., None]) -> None:
+    """Run a registration hook (one whose only argument is a ``register`` callback) fail-soft.
+
+    Each plugin's ``register(*args, **kwargs)`` calls are held until its hook returns, then
+    passed on as ``add(plugin_name, *args, **kwargs)``: a plugin whose hook raises adds nothing,
+    and a registration that ``add`` refuses (raises) is skipped alone; both become a
+    :class:`PluginWarning` naming the plugin.
+    """
+    calls: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+
+    def arguments(plugin: str) -> dict[str, Any]:
+        held = calls.setdefault(plugin, [])
+        return {"register": lambda *args, **kwargs: held.append((args, kwargs))}
+
+    for plugin in call_each(hook_name, arguments):
+        for args, kwargs in calls[plugin]:
+            try:
+                add(plugin, *args, **kwargs)
+            except Exception as exc:
+                _warn_skipped(f"a {hook_name} registration of plugin {plugin!r}", exc)
+
+
+def _warn_skipped(what: str, exc: Exception) -> None:
+    warnings.warn(
+        f"{what} failed and is skipped: {type(exc).__name__}: {exc}", PluginWarning, stacklevel=3
+    )
 
 
 def plugin_of(obj: object) -> str:

@@ -18,7 +18,7 @@ import rtsal
 from rtsal import hookimpl, hookspecs
 from rtsal.blackbox import create_black_box, list_black_boxes
 from rtsal.errors import UnknownBlackBoxError
-from rtsal.plugins import make_plugin_manager, reset_plugin_manager
+from rtsal.plugins import PluginWarning, make_plugin_manager, reset_plugin_manager
 from tests.helpers import REPO, run_rtsal
 
 HOOKS = sorted(
@@ -133,6 +133,67 @@ def test_register_methods(plugin_manager):
         create_method("onez", _tiny_box("t"))
 
 
+def test_a_raising_hook_warns_and_the_rest_still_works(plugin_manager):
+    """Fail-soft hooks: a plugin whose hooks raise (or register junk) is skipped with a warning
+    naming it; every other black box and method is still found."""
+    from rtsal.methods import create_method, list_methods
+
+    class Broken:
+        @hookimpl
+        def register_black_boxes(self, register):
+            register("half-registered", lambda **kw: _tiny_box("half-registered"))
+            raise RuntimeError("black boxes are broken")
+
+        @hookimpl
+        def register_black_box_providers(self, register):
+            register(object())  # not a provider: this registration is refused
+
+        @hookimpl
+        def register_methods(self, register):
+            raise RuntimeError("methods are broken")
+
+    plugin_manager.register(Broken(), name="broken-hooks")
+    reset_plugin_manager(plugin_manager)
+    with pytest.warns(PluginWarning) as caught:
+        box = create_black_box("resnet18", pretrained=False)
+        methods = {m.name for m in list_methods()}
+    messages = [str(w.message) for w in caught]
+    assert any("'broken-hooks'" in m and "black boxes are broken" in m for m in messages)
+    assert any("'broken-hooks'" in m and "has no 'prefix'" in m for m in messages)
+    assert any("'broken-hooks'" in m and "methods are broken" in m for m in messages)
+    assert box.name == "timm:resnet18"
+    assert not any(r.name == "half-registered" for r in list_black_boxes("half"))  # all or none
+    assert {"masker", "gradcam", "centre-box"} <= methods
+    mask = create_method("centre-box", box).explain(torch.rand(1, 3, 8, 8), torch.tensor([0]))
+    assert mask.shape == (1, 1, 8, 8)
+
+
+def test_registries_are_built_once_per_manager(plugin_manager):
+    from rtsal import blackbox, methods
+
+    calls = []
+
+    class Counting:
+        @hookimpl
+        def register_methods(self, register):
+            calls.append("methods")
+
+        @hookimpl
+        def register_black_boxes(self, register):
+            calls.append("black boxes")
+
+    plugin_manager.register(Counting(), name="counting")
+    reset_plugin_manager(plugin_manager)
+    for _ in range(3):
+        methods.list_methods()
+        methods.create_method("max-box", None)
+        blackbox.is_black_box("nothing-by-this-name")
+    assert sorted(calls) == ["black boxes", "methods"]
+    reset_plugin_manager(plugin_manager)  # a reset rebuilds them
+    methods.list_methods()
+    assert calls.count("methods") == 2
+
+
 def _install(target: Path, package: Path) -> None:
     subprocess.run(
         [
@@ -195,12 +256,25 @@ def test_broken_plugin_warns_and_the_rest_still_works(tmp_path):
             pass
     """,
     )
+    _fake_distribution(
+        tmp_path,
+        "rtsal-raising",
+        "rtsal_raising",
+        """
+        import rtsal
+
+        @rtsal.hookimpl
+        def register_black_boxes(register):
+            raise RuntimeError('this hook is broken')
+    """,
+    )
     env = {"PYTHONPATH": str(tmp_path), "RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}
     run = run_rtsal("blackboxes", "--json", env=env)
     assert run.code == 0, run.stderr
     assert "Traceback" not in run.stderr
     assert "plugin 'rtsal-broken'" in run.stderr and "this plugin is broken" in run.stderr
     assert "plugin 'rtsal-misspelled'" in run.stderr and "register_blackboxes" in run.stderr
+    assert "plugin 'rtsal-raising'" in run.stderr and "this hook is broken" in run.stderr
     assert "efficientnet_lite0" in run.stdout  # the good plugin still loaded
 
 

@@ -72,18 +72,9 @@ def _register_builtin_commands() -> None:
 
 
 def _register_plugin_commands() -> None:
-    from rtsal.plugins import PluginWarning, get_plugin_manager
+    from rtsal.plugins import call_each
 
-    pm = get_plugin_manager()
-    for impl in pm.hook.register_commands.get_hookimpls():
-        try:
-            impl.function(app=app)
-        except Exception as exc:
-            warnings.warn(
-                f"plugin {impl.plugin_name!r} failed to add its commands: {exc}",
-                PluginWarning,
-                stacklevel=1,
-            )
+    call_each("register_commands", lambda plugin: {"app": app})
 
 
 def _format_warning(message, category, filename, lineno, file=None, line=None) -> None:
