@@ -95,7 +95,7 @@ def setup(name: str, masker_ckpt: str | None):
         if masker_ckpt:
             model, box, _ = load_masker(masker_ckpt)
         else:
-            from rtsal.explain import default_checkpoint
+            from rtsal.checkpoint import default_checkpoint
 
             model, box, _ = load_masker(default_checkpoint())
         return box, model.eval(), 224

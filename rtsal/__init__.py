@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import pluggy
-
-__version__ = "0.1.0"
-
-hookimpl = pluggy.HookimplMarker("rtsal")
-
-from rtsal._weights import load_state_dict  # noqa: E402
-from rtsal.allocator import keep_freed_memory  # noqa: E402
-from rtsal.blackbox import (  # noqa: E402
+from rtsal._weights import load_state_dict
+from rtsal.allocator import keep_freed_memory
+from rtsal.blackbox import (
     BlackBox,
     create_black_box,
     is_black_box,
     list_black_boxes,
 )
-from rtsal.classes import ClassResolver  # noqa: E402
-from rtsal.errors import RtsalError  # noqa: E402
+from rtsal.classes import ClassResolver
+from rtsal.errors import RtsalError
+from rtsal.hookspecs import hookimpl
+
+__version__ = "0.1.0"
 
 __all__ = [
     "__version__",

@@ -19,8 +19,16 @@ from rtsal import __version__
 from rtsal.errors import CheckpointError, RtsalError
 
 META_NAME = "rtsal.json"
+SHIPPED = Path(__file__).parent / "assets" / "efficientnet_lite0"
 MASKER_FORMAT = "rtsal-masking-model"
 MASKER_WEIGHTS = "model.safetensors"
+
+
+def default_checkpoint() -> Path:
+    """The masking model shipped with rtsal (EfficientNet-Lite0, ImageNet)."""
+    if not (SHIPPED / META_NAME).is_file():
+        raise RtsalError("no shipped masking model in this installation; pass --checkpoint")
+    return SHIPPED
 
 
 def prepare_out_dir(path: str | Path) -> Path:

@@ -12,19 +12,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rtsal.boxes import threshold_box  # also importable from here, where it used to live
+from rtsal.checkpoint import default_checkpoint
 from rtsal.classes import ClassResolver
 from rtsal.errors import RtsalError
-from rtsal.images import pil_to_tensor
+from rtsal.images import fit_size, pil_to_tensor
 from rtsal.model import EncoderFeatures
-
-SHIPPED = Path(__file__).parent / "assets" / "efficientnet_lite0"
-
-
-def default_checkpoint() -> Path:
-    """The masking model shipped with rtsal (EfficientNet-Lite0, ImageNet)."""
-    if not (SHIPPED / "rtsal.json").is_file():
-        raise RtsalError("no shipped masking model in this installation; pass --checkpoint")
-    return SHIPPED
 
 
 @dataclass
@@ -40,26 +33,6 @@ class Explanation:
     area: float  # mean of the mask
     box: tuple[int, int, int, int] | None  # (x0, y0, x1, y1), pixels above 0.5, x1/y1 exclusive
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def threshold_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
-    """Tightest box around *all* pixels of ``mask`` (H, W) above ``threshold``; None if none."""
-    on = mask > threshold
-    if not bool(on.any()):
-        return None
-    rows = torch.nonzero(on.any(dim=1)).squeeze(1)
-    cols = torch.nonzero(on.any(dim=0)).squeeze(1)
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def fit_size(
-    width: int, height: int, short: int, multiple: int = 32, max_aspect: float = 2.0
-) -> tuple[int, int]:
-    """Model input (H, W): short side ``short``, long side keeping the aspect (at most
-    ``max_aspect``), rounded to a multiple of the encoder's stride."""
-    aspect = min(max(width, height) / min(width, height), max_aspect)
-    long = max(multiple, int(round(short * aspect / multiple)) * multiple)
-    return (short, long) if width >= height else (long, short)
 
 
 class Explainer:

@@ -67,8 +67,7 @@ class ExportableMasker(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None = None) -> ExportableMasker:
         """Load a masking-model checkpoint (default: the shipped model) on the CPU."""
-        from rtsal.checkpoint import load_masker
-        from rtsal.explain import default_checkpoint
+        from rtsal.checkpoint import default_checkpoint, load_masker
 
         path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
         model, black_box, meta = load_masker(path, device="cpu")
@@ -423,7 +422,7 @@ def check_inputs(
 ) -> list[torch.Tensor]:
     """Batches to compare on: all photos at the black box's input size, then each photo of
     another aspect alone at its own aspect-keeping size (so batch, height and width all vary)."""
-    from rtsal.explain import fit_size
+    from rtsal.images import fit_size
 
     photos = list(images) if images is not None else sample_photos()
     if not photos:

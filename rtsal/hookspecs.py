@@ -1,8 +1,8 @@
 """Hook specifications: the contract between rtsal and its plugins.
 
-Plugins implement these with ``@rtsal.hookimpl`` and are found through the ``rtsal`` entry-point
-group. rtsal's own providers (timm, user code, classifier checkpoints) are plugins registered
-through the very same hooks.
+Plugins implement these with ``@rtsal.hookimpl`` (the ``hookimpl`` marker defined here, re-exported
+by the package) and are found through the ``rtsal`` entry-point group. rtsal's own providers
+(timm, user code, classifier checkpoints) are plugins registered through the very same hooks.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import pluggy
 
 hookspec = pluggy.HookspecMarker("rtsal")
+hookimpl = pluggy.HookimplMarker("rtsal")
 
 
 @hookspec

@@ -98,3 +98,13 @@ def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     if x.dim() == 2:
         return Image.fromarray(x.numpy(), mode="L")
     return Image.fromarray(x.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def fit_size(
+    width: int, height: int, short: int, multiple: int = 32, max_aspect: float = 2.0
+) -> tuple[int, int]:
+    """Model input (H, W): short side ``short``, long side keeping the aspect (at most
+    ``max_aspect``), rounded to a multiple of the encoder's stride."""
+    aspect = min(max(width, height) / min(width, height), max_aspect)
+    long = max(multiple, int(round(short * aspect / multiple)) * multiple)
+    return (short, long) if width >= height else (long, short)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtsal.explain import threshold_box
+from rtsal.boxes import threshold_box
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 and y1 exclusive
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from rtsal._pipeline import OrderedWrites, default_workers, read_ahead
 from rtsal.errors import DataError, RtsalError
-from rtsal.explain import Explainer, fit_size
+from rtsal.explain import Explainer
+from rtsal.images import fit_size
 from rtsal.visualize import heatmap
 
 

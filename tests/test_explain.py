@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.explain import fit_size, threshold_box
+from rtsal.boxes import threshold_box
+from rtsal.images import fit_size
 from tests.helpers import assert_one_line_error, run_rtsal
 
 skdata = pytest.importorskip("skimage.data")
@@ -208,7 +209,7 @@ def test_fit_size_keeps_aspect_on_the_stride():
 
 def test_shipped_model_explains_with_no_checkpoint_and_is_class_selective(tmp_path):
     """The default model: top-1 masks are several times larger than masks for absent classes."""
-    from rtsal.explain import SHIPPED
+    from rtsal.checkpoint import SHIPPED
 
     if not (SHIPPED / "rtsal.json").is_file():
         pytest.fail("the shipped masking model is missing from rtsal/assets")
@@ -364,7 +365,8 @@ def test_corrupt_video_is_one_line(checkpoint, tmp_path):
 def test_onnxruntime_backend_matches_pytorch_and_caches_its_export(tmp_path, monkeypatch):
     """The shipped model under ONNX Runtime: same top-1, masks and probabilities as PyTorch."""
     pytest.importorskip("onnxruntime")
-    from rtsal.explain import Explainer, default_checkpoint
+    from rtsal.checkpoint import default_checkpoint
+    from rtsal.explain import Explainer
 
     checkpoint = default_checkpoint()
 

@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 
-from rtsal import hookimpl
 from rtsal.errors import RtsalError
 from rtsal.explainers.contrast import ContrastMethod
 from rtsal.explainers.gradcam import GradCAMMethod
 from rtsal.explainers.gradient import GradientMethod
 from rtsal.explainers.guided import GuidedBackpropMethod
 from rtsal.explainers.iterative import IterativeMaskMethod
+from rtsal.hookspecs import hookimpl
 
 
 class MaskingModelMethod:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtsal import hookimpl
 from rtsal.blackbox import BlackBox
 from rtsal.checkpoint import META_NAME
+from rtsal.hookspecs import hookimpl
 
 
 class ClassifierCheckpointProvider:

@@ -8,10 +8,10 @@ import socket
 from contextlib import contextmanager
 from functools import lru_cache
 
-from rtsal import hookimpl
 from rtsal._weights import load_into, load_state_dict
 from rtsal.blackbox import BlackBox, BlackBoxListing
 from rtsal.errors import UnknownBlackBoxError, WeightsUnavailableError
+from rtsal.hookspecs import hookimpl
 
 
 @lru_cache(maxsize=1)

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rtsal import hookimpl
 from rtsal._weights import load_into, load_state_dict
 from rtsal.blackbox import BlackBox
 from rtsal.errors import RtsalError
+from rtsal.hookspecs import hookimpl
 
 _SPEC = re.compile(r"^(?P<target>[^:]+(?:\.py)?):(?P<attr>[A-Za-z_][A-Za-z0-9_]*)$")
 

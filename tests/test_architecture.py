@@ -1,0 +1,198 @@
+"""The package's import graph has no cycles.
+
+The graph is read from the source, not from a running interpreter: every ``import`` and
+``from ... import`` that runs when a module is imported (module level, including ``if``/``try``
+blocks and class bodies) is an edge; imports inside functions and under ``if TYPE_CHECKING:``
+are not. ``from package import name`` is an edge to ``package.name`` when that is a module and
+to ``package`` otherwise; importing ``a.b.c`` is an edge to ``a.b.c`` alone (Python imports
+the parent packages first, whatever they import).
+"""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.helpers import REPO
+
+
+def module_names(package_dir: Path) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package in ``package_dir``."""
+    modules = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def import_time_imports(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements that run when a module with this body is imported."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue  # runs when called, not when imported
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            yield from import_time_imports(node.orelse)
+        else:  # class bodies and the blocks of if, try, with, for, while, match
+            for field in ("body", "orelse", "finalbody"):
+                yield from import_time_imports(getattr(node, field, []))
+            for clause in [*getattr(node, "handlers", []), *getattr(node, "cases", [])]:
+                yield from import_time_imports(clause.body)
+
+
+def imported_modules(
+    node: ast.Import | ast.ImportFrom, importer: str, is_package: bool, known: set[str]
+) -> set[str]:
+    """The modules of ``known`` that ``node``, in module ``importer``, makes Python import."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names} & known
+    if node.level:  # relative: resolved against the importer's package
+        package = importer.split(".")
+        if not is_package:
+            package = package[:-1]
+        package = package[: len(package) - node.level + 1]
+        base = ".".join(package + ([node.module] if node.module else []))
+    else:
+        base = node.module or ""
+    found = set()
+    for alias in node.names:
+        submodule = f"{base}.{alias.name}"
+        found.add(submodule if submodule in known else base)
+    return found & known
+
+
+def import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports at import time."""
+    modules = module_names(package_dir)
+    known = set(modules)
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        is_package = path.name == "__init__.py"
+        edges = set()
+        for node in import_time_imports(tree.body):
+            edges |= imported_modules(node, name, is_package, known)
+        graph[name] = edges - {name}
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle, as [a, b, ..., a], through each strongly connected part of ``graph``."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    parts: list[set[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                part.add(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                parts.append(part)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return [_cycle_within(graph, part) for part in parts]
+
+
+def _cycle_within(graph: dict[str, set[str]], part: set[str]) -> list[str]:
+    """The shortest cycle through the alphabetically first module of ``part``."""
+    start = min(part)
+    came_from = {start: start}
+    frontier = [start]
+    while frontier:
+        following = []
+        for v in frontier:
+            for w in sorted(graph[v] & part):
+                if w == start:
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start]
+                if w not in came_from:
+                    came_from[w] = v
+                    following.append(w)
+        frontier = following
+    raise AssertionError(f"no cycle in strongly connected part {sorted(part)}")
+
+
+def test_rtsal_has_no_import_cycles():
+    graph = import_graph(REPO / "rtsal")
+    assert "rtsal.plugins" in graph["rtsal.blackbox"]  # the graph is really read
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_find_cycles_by_hand():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"f"}, "f": {"e"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"], ["e", "f", "e"]]
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_import_graph_of_a_planted_package(tmp_path):
+    """Module-level imports count (also in ``try`` and class bodies, relative or absolute);
+    imports in functions and under ``if TYPE_CHECKING:`` do not."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    sources = {
+        "__init__.py": "from pkg.a import thing\n",
+        "a.py": """
+            from typing import TYPE_CHECKING
+            from . import b
+            if TYPE_CHECKING:
+                from pkg import c
+            else:
+                import os
+            def later():
+                from pkg import d
+            thing = 1
+        """,
+        "b.py": "try:\n    from .sub.e import x\nexcept ImportError:\n    pass\n",
+        "c.py": "",
+        "d.py": "",
+        "sub/__init__.py": "from .. import d\n",
+        "sub/e.py": "class K:\n    from pkg.sub import y\nx = 1\n",
+    }
+    for name, source in sources.items():
+        (pkg / name).write_text(textwrap.dedent(source))
+    graph = import_graph(pkg)
+    assert graph == {
+        "pkg": {"pkg.a"},
+        "pkg.a": {"pkg.b"},
+        "pkg.b": {"pkg.sub.e"},
+        "pkg.c": set(),
+        "pkg.d": set(),
+        "pkg.sub": {"pkg.d"},
+        "pkg.sub.e": {"pkg.sub"},
+    }
+    assert find_cycles(graph) == []
+    (pkg / "c.py").write_text("from pkg import thing\n")
+    (pkg / "a.py").write_text("from pkg import c\nthing = 1\n")
+    assert find_cycles(import_graph(pkg)) == [["pkg", "pkg.a", "pkg.c", "pkg"]]
