@@ -1,20 +1,37 @@
-"""rtsal: real-time saliency for black-box image classifiers (Dabkowski & Gal, 2017)."""
+"""rtsal: real-time saliency for black-box image classifiers (Dabkowski & Gal, 2017).
+
+The names below are imported on first use (most of them pull in torch), so ``import rtsal``,
+``rtsal --version`` and ``rtsal --help`` stay fast.
+"""
 
 from __future__ import annotations
 
-from rtsal._weights import load_state_dict
-from rtsal.allocator import keep_freed_memory
-from rtsal.blackbox import (
-    BlackBox,
-    create_black_box,
-    is_black_box,
-    list_black_boxes,
-)
-from rtsal.classes import ClassResolver
-from rtsal.errors import RtsalError
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from rtsal.hookspecs import hookimpl
 
 __version__ = "0.1.0"
+
+_LAZY = {  # public name -> the module that defines it
+    "BlackBox": "rtsal.blackbox",
+    "ClassResolver": "rtsal.classes",
+    "RtsalError": "rtsal.errors",
+    "create_black_box": "rtsal.blackbox",
+    "is_black_box": "rtsal.blackbox",
+    "keep_freed_memory": "rtsal.allocator",
+    "list_black_boxes": "rtsal.blackbox",
+    "load_state_dict": "rtsal._weights",
+    "timm_black_box": "rtsal.providers.timm_provider",
+}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
+    from rtsal._weights import load_state_dict
+    from rtsal.allocator import keep_freed_memory
+    from rtsal.blackbox import BlackBox, create_black_box, is_black_box, list_black_boxes
+    from rtsal.classes import ClassResolver
+    from rtsal.errors import RtsalError
+    from rtsal.providers.timm_provider import timm_black_box
 
 __all__ = [
     "__version__",
@@ -31,9 +48,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name == "timm_black_box":  # imported lazily: it pulls in timm
-        from rtsal.providers.timm_provider import timm_black_box
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rtsal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next look-up does not come here
+    return value
 
-        return timm_black_box
-    raise AttributeError(f"module 'rtsal' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -221,6 +221,9 @@ def test_register_commands(tmp_path):
     run = run_rtsal("hello-template", env=env)
     assert run.code == 0, run.stderr
     assert "template" in run.stdout.lower()
+    run = run_rtsal("--help", env=env)  # the command list has the plugin's command too
+    assert run.code == 0, run.stderr
+    assert "hello-template" in run.stdout and "explain" in run.stdout
     run = run_rtsal("blackboxes", "template", "--json", env=env)
     assert run.code == 0, run.stderr
     assert "template-tinynet" in run.stdout

@@ -7,11 +7,43 @@ import sys
 import warnings
 
 import typer
+from typer.core import TyperGroup
+from typer.main import get_command as click_group_of
 
 from rtsal import __version__
 
+_state = {"builtin_commands": False, "plugin_commands": False}  # registered on ``app`` yet?
+
+
+class _RootGroup(TyperGroup):
+    """The ``rtsal`` group. Plugins' commands are added the first time they may be wanted: for
+    the full list (help) or a name that is not built in; never for ``--version`` or a built-in
+    command, which therefore do not load the plugins (nor the torch most of them import)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, cmd_name: str):
+        command = super().get_command(ctx, cmd_name)
+        if command is None and self._add_plugin_commands():
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def _add_plugin_commands(self) -> bool:
+        """Whether commands may have been added (False once they are all in this group)."""
+        if _state["plugin_commands"]:
+            return False
+        _state["plugin_commands"] = True
+        _register_plugin_commands()
+        for name, command in click_group_of(app).commands.items():
+            self.commands.setdefault(name, command)  # a built-in command keeps its name
+        return True
+
+
 app = typer.Typer(
     name="rtsal",
+    cls=_RootGroup,
     help="Real-time saliency for black-box image classifiers.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -34,20 +66,10 @@ def _root(
     """Real-time saliency for black-box image classifiers (Dabkowski & Gal, 2017)."""
 
 
-_registered = False
-
-
-def _register_commands() -> None:
-    """Built-in commands, then plugins' commands; once per process."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
-    _register_builtin_commands()
-    _register_plugin_commands()
-
-
 def _register_builtin_commands() -> None:
+    if _state["builtin_commands"]:
+        return
+    _state["builtin_commands"] = True
     from rtsal.cli import (
         blackboxes,
         canvas,
@@ -90,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _format_warning
     warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
     try:
-        _register_commands()
+        _register_builtin_commands()  # plugins' commands: when _RootGroup needs them
         app(args=argv, prog_name="rtsal")
     except RtsalError as exc:
         print(f"error: {exc}", file=sys.stderr)
