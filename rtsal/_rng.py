@@ -13,7 +13,7 @@ import torch
 _M64 = (1 << 64) - 1
 
 # streams: one per purpose, so draws for different purposes never collide
-AUGMENT, SELECTOR, REMOVAL_KEEP, REMOVAL_DROP = 1, 2, 3, 4
+AUGMENT, SELECTOR, REMOVAL_KEEP, REMOVAL_DROP, MOSAIC = 1, 2, 3, 4, 5
 
 
 def mix(*keys: int) -> int:

@@ -18,13 +18,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from rtsal._rng import AUGMENT, generator, mix
+from rtsal._rng import AUGMENT, MOSAIC, generator, mix
 from rtsal.classes import ClassResolver
 from rtsal.errors import DataError, RtsalError
 from rtsal.images import IMAGE_EXTENSIONS, load_image, pil_to_tensor
@@ -153,19 +154,44 @@ class TensorImageDataset(Dataset):
 # --------------------------------------------------------------------------- image files
 
 
-def _pil_transform(size: tuple[int, int], train: bool, interpolation: str, crop_pct: float):
-    from torchvision import transforms as T
+def _pil_transform(
+    size: tuple[int, int],
+    train: bool,
+    interpolation: str,
+    crop_pct: float,
+    crop_scale: float = 0.35,
+    color_jitter: float = 0.0,
+):
+    """PIL image -> PIL image at ``size``: for training a random resized crop (area share in
+    [crop_scale, 1], aspect around the target's), a flip and optional colour jitter
+    (torchvision.transforms.v2); for evaluation a resize and centre crop."""
+    from torchvision.transforms import v2 as T
 
     interp = T.InterpolationMode(
         interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
     )
     if train:
-        return T.Compose(
-            [
-                T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp),
-                T.RandomHorizontalFlip(),
-            ]
-        )
+        aspect = size[1] / size[0]  # width / height of the target
+        steps = [
+            T.RandomResizedCrop(
+                size,
+                scale=(crop_scale, 1.0),
+                ratio=(0.75 * aspect, aspect / 0.75),
+                interpolation=interp,
+                antialias=True,
+            ),
+            T.RandomHorizontalFlip(),
+        ]
+        if color_jitter > 0:
+            steps.append(
+                T.ColorJitter(
+                    brightness=color_jitter,
+                    contrast=color_jitter,
+                    saturation=color_jitter,
+                    hue=min(0.5, color_jitter / 4),
+                )
+            )
+        return T.Compose(steps)
     resize = [int(round(s / max(crop_pct, 1e-3))) for s in size]
     return T.Compose([T.Resize(min(resize), interpolation=interp), T.CenterCrop(size)])
 
@@ -174,6 +200,7 @@ class ImageFileDataset(Dataset):
     """(path, label) pairs read with :func:`rtsal.images.load_image`.
 
     A corrupt file does not stop a long run: it is reported once and replaced by the next file.
+    A training set refuses evaluation photos (``ILSVRC2012_val_*``), whatever listed them.
     """
 
     def __init__(
@@ -187,11 +214,20 @@ class ImageFileDataset(Dataset):
         crop_pct: float = 1.0,
         mode: str = "RGB",
         name: str = "",
+        crop_scale: float = 0.35,
+        color_jitter: float = 0.0,
     ):
+        if train:
+            from rtsal.photos import assert_no_evaluation_photos
+
+            assert_no_evaluation_photos(samples)
         self.samples = samples
         self.class_names = list(class_names)
         self.size = size
-        self.transform = _pil_transform(size, train, interpolation, crop_pct)
+        self.train = train
+        self._transform_args = (train, interpolation, crop_pct, crop_scale, color_jitter)
+        self._transforms: dict[tuple[int, int], Any] = {}
+        self.transform = self._transform_for(size)
         self.mode = mode
         self.name = name
         self._bad: set[int] = set()
@@ -201,29 +237,43 @@ class ImageFileDataset(Dataset):
     def set_epoch(self, epoch: int, seed: int | None) -> None:
         self.epoch, self.aug_seed = epoch, seed
 
-    def _transform(self, im, index: int):
+    def _transform_for(self, size: tuple[int, int]):
+        if size not in self._transforms:
+            self._transforms[size] = _pil_transform(size, *self._transform_args)
+        return self._transforms[size]
+
+    def _transform(self, im, index: int, size=None, stream: int = AUGMENT):
+        transform = self._transform_for(tuple(size or self.size))
         if self.aug_seed is None:
-            return self.transform(im)
+            return transform(im)
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
-            torch.manual_seed(mix(self.aug_seed, self.epoch, AUGMENT, index))
-            return self.transform(im)
+            torch.manual_seed(mix(self.aug_seed, self.epoch, stream, index))
+            return transform(im)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def _read(self, i: int):
+        """The image and label of sample ``i``, or of the next readable one."""
         for k in range(len(self.samples)):
             j = (i + k) % len(self.samples)
             path, label = self.samples[j]
             try:
-                im = load_image(path, self.mode)
+                return load_image(path, self.mode), label
             except DataError as exc:
                 if j not in self._bad:
                     self._bad.add(j)
-                    warnings.warn(f"skipping unreadable training image: {exc}", stacklevel=2)
-                continue
-            return pil_to_tensor(self._transform(im, i)), label
+                    warnings.warn(f"skipping unreadable training image: {exc}", stacklevel=3)
         raise DataError(f"no readable images in {self.name}")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        im, label = self._read(i)
+        return pil_to_tensor(self._transform(im, i)), label
+
+    def load(self, i: int, size: tuple[int, int], key: int) -> tuple[torch.Tensor, int]:
+        """Sample ``i`` transformed to ``size`` (a mosaic tile), its randomness keyed by ``key``."""
+        im, label = self._read(i)
+        return pil_to_tensor(self._transform(im, key, size, stream=MOSAIC)), label
 
 
 _SYNSET = re.compile(r"^(n\d{8})")
@@ -488,8 +538,21 @@ def open_dataset(
     channels: int = 3,
     limit: int | None = None,
     seed: int = 0,
+    labels: str = "folder",
+    black_box=None,
+    min_confidence: float = 0.3,
+    exclude: Sequence[str | Path] = (),
+    dedup: bool = True,
+    crop_scale: float = 0.35,
+    color_jitter: float = 0.0,
+    progress=None,
 ) -> Dataset:
-    """Open a data set; ``train`` turns on augmentation, ``limit`` takes a seeded subset."""
+    """Open a data set; ``train`` turns on augmentation, ``limit`` takes a seeded subset.
+
+    For training on an image folder, evaluation photos and duplicates are left out and
+    ``labels="blackbox"`` labels any photo with ``black_box``'s top-1 class (see
+    :func:`rtsal.photos.select_training_photos`); the selection's report is the data set's
+    ``selection``."""
     ds_spec = DataSpec(spec, Path(data_root).expanduser() if data_root else None)
     named = ds_spec.named
     if named is not None:
@@ -523,12 +586,30 @@ def open_dataset(
             pad=max(1, x.shape[-1] // 8),
             name=str(root),
         )
-    samples = scan_image_folder(root, resolver)
+    selection = None
+    if train:
+        from rtsal.photos import select_training_photos
+
+        selection = select_training_photos(
+            root,
+            labels=labels,
+            resolver=resolver,
+            black_box=black_box,
+            min_confidence=min_confidence,
+            exclude=exclude,
+            dedup=dedup,
+            progress=progress,
+        )
+        samples = selection.samples
+    elif labels != "folder":
+        raise DataError("--labels blackbox applies to training")
+    else:
+        samples = scan_image_folder(root, resolver)
     if limit is not None and limit < len(samples):
         g = torch.Generator().manual_seed(seed)
         keep = sorted(torch.randperm(len(samples), generator=g)[:limit].tolist())
         samples = [samples[i] for i in keep]
-    return ImageFileDataset(
+    dataset = ImageFileDataset(
         samples,
         resolver.class_names,
         size=size or (224, 224),
@@ -537,7 +618,11 @@ def open_dataset(
         crop_pct=crop_pct,
         mode="L" if channels == 1 else "RGB",
         name=str(root),
+        crop_scale=crop_scale,
+        color_jitter=color_jitter,
     )
+    dataset.selection = selection
+    return dataset
 
 
 def make_loader(

@@ -418,13 +418,60 @@ def read_box_csv(path: str | Path) -> Annotations:
     return out
 
 
+def read_image_box_json(path: str | Path) -> Annotations:
+    """Boxes of a per-image JSON file: ``{file: {"synset" | "label" | "name": ..., "boxes":
+    [[x0, y0, x1, y1], ...]}}`` in the file's own pixels (the form of ImageNet-val box sets
+    such as ``imagenet-val-boxes/boxes.json``). The class is named by its synset when given
+    (unambiguous), else by its name, else by its index; edges are rounded half up."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: the top level is not an object")
+    out: Annotations = {}
+    for image, entry in data.items():
+        where = f"{path}: {image!r}"
+        _require(entry, ("boxes",), where)
+        cls = next((entry[k] for k in ("synset", "name", "label") if k in entry), None)
+        if cls is None:
+            raise DataError(f"{where} names no class (synset, name or label)")
+        if not isinstance(entry["boxes"], list):
+            raise DataError(f"{where}: 'boxes' is not a list")
+        boxes = []
+        for k, b in enumerate(entry["boxes"]):
+            if not isinstance(b, list) or len(b) != 4:
+                raise DataError(f"{where}: boxes[{k}] must be [x0, y0, x1, y1], got {b!r}")
+            x0, y0, x1, y1 = (_round(_number(v, where, f"boxes[{k}]")) for v in b)
+            boxes.append((str(cls), _checked_box((x0, y0, x1, y1), where, repr(b))))
+        out[str(image)] = boxes
+    return out
+
+
+def _read_json_boxes(path: Path) -> Annotations:
+    """COCO instances, or per-image boxes (:func:`read_image_box_json`), told apart by shape."""
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return read_coco_json(path)  # reports the error
+    if isinstance(head, dict) and "annotations" not in head and "images" not in head:
+        return read_image_box_json(path)
+    return read_coco_json(path)
+
+
 def read_boxes(path: str | Path) -> Annotations:
-    """Read ground-truth boxes by form: a folder of VOC XML files, ``.xml``, ``.json`` (COCO)
-    or ``.csv``."""
+    """Read ground-truth boxes by form: a folder of VOC XML files, ``.xml``, ``.json`` (COCO, or
+    per-image boxes as in ``imagenet-val-boxes/boxes.json``) or ``.csv``. A folder holding a
+    ``boxes.json`` is read as that file."""
     p = Path(path)
+    if p.is_dir() and (p / "boxes.json").is_file():
+        return read_image_box_json(p / "boxes.json")
     if p.is_dir():
         return read_voc_dir(p)
-    readers = {".xml": read_voc_xml, ".json": read_coco_json, ".csv": read_box_csv}
+    readers = {".xml": read_voc_xml, ".json": _read_json_boxes, ".csv": read_box_csv}
     reader = readers.get(p.suffix.lower())
     if reader is None:
         raise DataError(f"{p}: unknown box file type (expected a folder, .xml, .json or .csv)")

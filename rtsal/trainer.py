@@ -88,18 +88,30 @@ class TrainConfig:
     max_bad_steps: int = 5
     checkpoint_every: int = 200  # steps between resumable checkpoints (0: only at the end)
     init: str | None = None  # start from this masking-model checkpoint's weights (fine-tuning)
+    labels: str = "folder"  # folder (class folders / synset names) or blackbox (its top-1)
+    min_confidence: float = 0.3  # --labels blackbox: keep photos whose top-1 is at least this
+    exclude: tuple[str, ...] = ()  # evaluation folders: their photos (and look-alikes) left out
+    dedup: bool = True  # drop repeated photos (same difference hash)
+    crop_scale: float = 0.35  # random resized crops keep at least this share of the photo
+    color_jitter: float = 0.0  # brightness/contrast/saturation jitter (0: off)
+    mosaic: float = 0.0  # share of samples that are mosaics of 2 or 4 photos of other classes
+    mosaic_tiles: tuple[int, ...] = (2, 4)
+    val_every: int = 0  # steps between validations on held-out photos (needs --holdout)
+    val_photos: int = 200  # held-out photos (and as many mosaics) used for validation
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["upsampler_channels"] = list(self.upsampler_channels)
         d["small_widths"] = list(self.small_widths)
+        d["exclude"] = list(self.exclude)
+        d["mosaic_tiles"] = list(self.mosaic_tiles)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        for k in ("upsampler_channels", "small_widths"):
+        for k in ("upsampler_channels", "small_widths", "exclude", "mosaic_tiles"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -142,10 +154,13 @@ def sample_selectors(
     fake_prob: float,
     generator: torch.Generator | None = None,
     generators: list[torch.Generator] | None = None,
+    present: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class selectors: the true label, or (with ``fake_prob``) a uniformly drawn other class.
 
     Draws come from one ``generator`` for the batch or from ``generators``, one per sample.
+    ``present`` (B, T), padded with -1, lists every class shown in a sample (a mosaic's tiles):
+    a fake selector is never one of them.
     """
     B = labels.shape[0]
     K = max(num_classes, 2)
@@ -156,6 +171,12 @@ def sample_selectors(
         u = torch.stack([torch.rand((), generator=g) for g in generators])
         shift = torch.stack([torch.randint(1, K, (), generator=g) for g in generators])
     fake = u < fake_prob
+    if present is not None and num_classes > present.shape[1]:
+        for _ in range(present.shape[1]):  # step past the classes shown (at most T of them)
+            shown = ((labels + shift) % num_classes)[:, None].eq(present).any(1)
+            if not bool(shown.any()):
+                break
+            shift = torch.where(shown, shift + 1, shift)
     classes = torch.where(fake, (labels + shift) % num_classes, labels)
     return classes, ~fake
 
@@ -172,16 +193,16 @@ def lr_factor(cfg: TrainConfig, total: int, step: int) -> float:
 
 
 def split_holdout(dataset, fraction: float, seed: int):
-    """Hold out a seeded fraction of an image-file data set; returns (train, held-out paths)."""
+    """Hold out a seeded fraction of an image-file data set; returns (train, held-out samples)."""
     n = len(dataset.samples)
     k = int(round(n * fraction))
     g = torch.Generator().manual_seed(seed + 7919)
     perm = torch.randperm(n, generator=g).tolist()
     held = sorted(perm[:k])
     held_set = set(held)
-    held_paths = [dataset.samples[i][0] for i in held]
+    held_samples = [dataset.samples[i] for i in held]
     dataset.samples = [s for i, s in enumerate(dataset.samples) if i not in held_set]
-    return dataset, held_paths
+    return dataset, held_samples
 
 
 class _StopRequest:
@@ -216,12 +237,19 @@ class Trainer:
         cfg: TrainConfig,
         black_box: BlackBox | None = None,
         resume: dict[str, Any] | None = None,
+        index_progress: Callable[[int, int], None] | None = None,
     ):
         self.cfg = cfg
         if not 0 <= cfg.fake_prob < 1:
             raise RtsalError("--fake-prob must be in [0, 1)")
         if cfg.batch_size < 1:
             raise RtsalError("--batch-size must be at least 1")
+        if not 0 <= cfg.mosaic <= 1:
+            raise RtsalError("--mosaic must be in [0, 1]")
+        if not cfg.mosaic_tiles or any(t not in (2, 4) for t in cfg.mosaic_tiles):
+            raise RtsalError("--mosaic-tiles takes 2, 4 or 2,4")
+        if cfg.val_every and cfg.holdout <= 0:
+            raise RtsalError("--val-every needs held-out photos: give --holdout")
         if cfg.schedule not in ("cosine", "step", "constant"):
             raise RtsalError(f"--schedule must be cosine, step or constant, not {cfg.schedule!r}")
         self.dist, self.device = init_distributed(cfg.device)
@@ -255,7 +283,18 @@ class Trainer:
             channels=box.in_channels,
             limit=cfg.limit,
             seed=cfg.seed,
+            labels=cfg.labels,
+            black_box=box,
+            min_confidence=cfg.min_confidence,
+            exclude=cfg.exclude,
+            dedup=cfg.dedup,
+            crop_scale=cfg.crop_scale,
+            color_jitter=cfg.color_jitter,
+            progress=index_progress if self.dist.is_main else None,
         )
+        self.selection = getattr(self.dataset, "selection", None)
+        if cfg.labels != "folder" and self.selection is None:
+            raise RtsalError("--labels blackbox applies to image folders")
         ds_names = getattr(self.dataset, "class_names", None)
         if ds_names is not None and len(ds_names) != box.num_classes:
             raise RtsalError(
@@ -263,12 +302,31 @@ class Trainer:
                 f"{box.name!r} has {box.num_classes}"
             )
         self.holdout: list[Path] = []
+        self.held_out_samples: list[tuple[Path, int]] = []
         if cfg.holdout > 0:
             if not hasattr(self.dataset, "samples"):
                 raise RtsalError("--holdout applies to image folders; named sets have a test split")
-            self.dataset, self.holdout = split_holdout(self.dataset, cfg.holdout, cfg.seed)
+            self.dataset, self.held_out_samples = split_holdout(self.dataset, cfg.holdout, cfg.seed)
+            self.holdout = [path for path, _ in self.held_out_samples]
             if self.dist.is_main:
                 (self.out / "holdout.txt").write_text("".join(f"{p}\n" for p in self.holdout))
+                (self.out / "holdout-labels.tsv").write_text(
+                    "".join(f"{p}\t{label}\n" for p, label in self.held_out_samples)
+                )
+        self.validator = None
+        self.validated_at = -1
+        if cfg.val_every and self.dist.is_main:
+            from rtsal.validation import Validator
+
+            self.validator = Validator(
+                self.held_out_samples, box, size, photos=cfg.val_photos, mosaics=cfg.val_photos
+            )
+        if cfg.mosaic > 0:
+            if not hasattr(self.dataset, "load"):
+                raise RtsalError("--mosaic applies to image folders")
+            from rtsal.mosaic import MosaicDataset
+
+            self.dataset = MosaicDataset(self.dataset, cfg.mosaic, cfg.mosaic_tiles)
         if len(self.dataset) < cfg.batch_size:
             raise RtsalError(
                 f"{len(self.dataset)} training images are fewer than one batch of "
@@ -363,7 +421,9 @@ class Trainer:
         first = self.dist.rank * self.local_batch  # this process's place in the global batch
         return _rng.sample_generators(self.cfg.seed, self.step, stream, range(first, first + n))
 
-    def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float] | None:
+    def train_step(
+        self, x: torch.Tensor, labels: torch.Tensor, present: torch.Tensor | None = None
+    ) -> dict[str, float] | None:
         box = self.black_box
         n = labels.shape[0]
         classes, is_real = sample_selectors(
@@ -371,6 +431,7 @@ class Trainer:
             box.num_classes,
             self.cfg.fake_prob,
             generators=self._generators(_rng.SELECTOR, n),
+            present=present,
         )
         gens = (self._generators(_rng.REMOVAL_KEEP, n), self._generators(_rng.REMOVAL_DROP, n))
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -449,8 +510,8 @@ class Trainer:
         try:
             with _StopRequest() as stop:
                 while self.step < self.total_steps and not interrupted:
-                    for x, y in self._loader(self.epoch, self.position):
-                        metrics = self.train_step(x, y)
+                    for batch in self._loader(self.epoch, self.position):
+                        metrics = self.train_step(*batch)
                         self.position += 1
                         if metrics is None:
                             bad_in_row += 1
@@ -483,6 +544,8 @@ class Trainer:
                             break
                         if self.step >= self.total_steps:
                             break
+                        if metrics is not None and cfg.val_every and self.step % cfg.val_every == 0:
+                            self.validate(history, self.seconds_before + time.time() - t0)
                         if (
                             cfg.checkpoint_every
                             and self.step % cfg.checkpoint_every == 0
@@ -496,6 +559,8 @@ class Trainer:
             if log is not None:
                 log.close()
         seconds = self.seconds_before + time.time() - t0
+        if cfg.val_every and not interrupted and self.validated_at != self.step:
+            self.validate(history, seconds)
         self.save(history, seconds, interrupted=interrupted, final=not interrupted)
         if self.dist.enabled and os.environ.get("RTSAL_SAVE_EVERY_RANK"):
             # diagnostic: every process writes its replica, to check they agree
@@ -510,28 +575,59 @@ class Trainer:
             self.out, self.step, seconds, summarise(history[-50:]), interrupted, history
         )
 
+    # ---------------------------------------------------------------- validation
+    def validate(self, history: list[dict[str, float]], seconds: float) -> dict[str, float]:
+        """Validate on the held-out photos (OUT/val_log.jsonl); the best model by localisation
+        so far is written to OUT/best."""
+        result: dict[str, float] = {}
+        self.validated_at = self.step
+        if self.validator is not None:
+            result = {"step": self.step, **self.validator(self.model)}
+            result["seconds"] = round(seconds, 1)
+            log = self.out / "val_log.jsonl"
+            previous = (
+                [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+                if log.is_file()
+                else []
+            )
+            previous = [r for r in previous if r["step"] < self.step]
+            best = max((r["score"] for r in previous), default=-1.0)
+            atomic_write_bytes(
+                log, "".join(json.dumps(r) + "\n" for r in [*previous, result]).encode()
+            )
+            if result["score"] > best:
+                self._save_checkpoint(self.out / "best", history, seconds, validation=result)
+        barrier(self.dist)
+        return result
+
     # ---------------------------------------------------------------- checkpoints
+    def _save_checkpoint(
+        self, out: Path, history, seconds: float, *, interrupted=False, validation=None
+    ) -> None:
+        save_masker(
+            out,
+            self.model,
+            self.black_box,
+            training={
+                **self.cfg.to_dict(),
+                "steps_done": self.step,
+                "seconds": round(seconds, 1),
+                "interrupted": interrupted,
+                "train_images": len(self.dataset),
+                "processes": self.dist.world_size,
+                **({"validation": validation} if validation else {}),
+            },
+            final_losses=summarise(history[-50:]),
+            objective={"preset": self.cfg.preset, **self.objective_config.to_dict()},
+            extra={"black_box_options": self.black_box_options()},
+        )
+
     def save(
         self, history: list[dict[str, float]], seconds: float, *, interrupted=False, final=False
     ) -> None:
         """The usable checkpoint and the resumable state, each written atomically (rank 0)."""
         if self.dist.is_main:
-            save_masker(
-                self.out,
-                self.model,
-                self.black_box,
-                training={
-                    **self.cfg.to_dict(),
-                    "steps_done": self.step,
-                    "seconds": round(seconds, 1),
-                    "interrupted": interrupted,
-                    "train_images": len(self.dataset),
-                    "processes": self.dist.world_size,
-                },
-                final_losses=summarise(history[-50:]),
-                objective={"preset": self.cfg.preset, **self.objective_config.to_dict()},
-                extra={"black_box_options": self.black_box_options()},
-            )
+            self._save_checkpoint(self.out, history, seconds, interrupted=interrupted)
             self._save_state(seconds)
         barrier(self.dist)
 

@@ -124,6 +124,53 @@ def train(
     max_bad_steps: Annotated[
         int, typer.Option(help="Stop after this many non-finite losses in a row.")
     ] = 5,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="Where labels come from: folder (class folders or synset file names) or "
+            "blackbox (the black box's top-1 class, so any folder of photos is training data)."
+        ),
+    ] = "folder",
+    min_confidence: Annotated[
+        float,
+        typer.Option(
+            help="--labels blackbox: keep photos whose top-1 probability is at least this."
+        ),
+    ] = 0.3,
+    exclude: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Evaluation folder whose photos, and copies of them, are never trained on "
+            "(repeatable). ILSVRC2012_val_* files are always left out."
+        ),
+    ] = None,
+    dedup: Annotated[bool, typer.Option(help="Leave out repeated photos.")] = True,
+    crop_scale: Annotated[
+        float, typer.Option(help="Random resized crops keep at least this share of the photo.")
+    ] = 0.35,
+    color_jitter: Annotated[
+        float, typer.Option(help="Brightness, contrast and saturation jitter (0: off).")
+    ] = 0.0,
+    mosaic: Annotated[
+        float,
+        typer.Option(
+            help="Share of training samples that are mosaics of 2 or 4 photos of different "
+            "classes, the selector naming one tile's class."
+        ),
+    ] = 0.0,
+    mosaic_tiles: Annotated[
+        str, typer.Option(help="Tile counts to draw from: 2, 4 or 2,4.")
+    ] = "2,4",
+    val_every: Annotated[
+        int,
+        typer.Option(
+            help="Validate every N steps on held-out photos (mosaic localisation, masks' "
+            "probabilities and areas); the best model so far goes to OUT/best. Needs --holdout."
+        ),
+    ] = 0,
+    val_photos: Annotated[
+        int, typer.Option(help="Held-out photos (and as many mosaics) for validation.")
+    ] = 200,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT.
@@ -180,8 +227,26 @@ def train(
         checkpoint_every=checkpoint_every,
         max_bad_steps=max_bad_steps,
         init=str(init) if init else None,
+        labels=labels,
+        min_confidence=min_confidence,
+        exclude=tuple(str(e) for e in exclude or ()),
+        dedup=dedup,
+        crop_scale=crop_scale,
+        color_jitter=color_jitter,
+        mosaic=mosaic,
+        mosaic_tiles=parse_ints(mosaic_tiles, "--mosaic-tiles"),
+        val_every=val_every,
+        val_photos=val_photos,
     )
-    trainer = Trainer(cfg)
+    with progress_bar() as progress:
+        task = progress.add_task("indexing photos", total=None)
+
+        def on_index(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        trainer = Trainer(cfg, index_progress=on_index)
+    if trainer.selection is not None:
+        err.print(trainer.selection.summary(), highlight=False, markup=False)
     _run(trainer, json_out, f"training a masking model for {trainer.black_box.name} on {data}")
 
 
