@@ -1,8 +1,9 @@
-"""``import rtsal`` and ``rtsal --version`` stay fast: neither imports torch (seconds on a CPU
-machine); the public names still resolve, from the package's own modules."""
+"""``import rtsal``, ``rtsal --version`` and ``rtsal --help`` stay fast: none imports torch
+(seconds on a CPU machine); the public names still resolve, from the package's own modules."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 import rtsal
 from tests.helpers import REPO
 
-PLUGINS_ON = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}  # installed plugins (which import torch) too
+PLUGINS_ON = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}  # whatever is installed, too
+NO_PLUGINS = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": "1"}  # rtsal's built-in plugins only
 
 
 def run_python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -26,14 +28,28 @@ def run_python(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     )
 
 
-def imported_modules(importtime_stderr: str) -> set[str]:
-    """Module names from ``python -X importtime`` output ("import time: self | total | name")."""
-    modules = set()
-    for line in importtime_stderr.splitlines():
-        fields = line.removeprefix("import time:").split("|")
-        if line.startswith("import time:") and len(fields) == 3 and fields[0].strip().isdigit():
-            modules.add(fields[2].strip())
-    return modules
+# ``python -m rtsal ARGS``, then the names of every module it imported on stderr. (``python -X
+# importtime`` misses modules imported through importlib, as rtsal's lazy names and plugins are.)
+RUN_RTSAL_AND_LIST_MODULES = """
+import json, runpy, sys
+sys.argv = ["rtsal", *sys.argv[1:]]
+try:
+    runpy.run_module("rtsal", run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as exit:
+    code = exit.code
+print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_rtsal_listing_modules(*args: str, env: dict[str, str]) -> tuple[str, set[str]]:
+    """stdout of ``rtsal ARGS`` and the modules it imported; fails if the command fails."""
+    run = run_python("-c", RUN_RTSAL_AND_LIST_MODULES, *args, env=env)
+    assert run.returncode == 0, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("MODULES "), run.stderr
+    return run.stdout, set(json.loads(last.removeprefix("MODULES ")))
 
 
 def test_import_rtsal_does_not_import_torch():
@@ -44,23 +60,20 @@ def test_import_rtsal_does_not_import_torch():
 
 
 def test_version_does_not_import_torch_or_plugins():
-    run = run_python("-X", "importtime", "-m", "rtsal", "--version", env=PLUGINS_ON)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == f"rtsal {rtsal.__version__}"
-    modules = imported_modules(run.stderr)
-    assert "rtsal.cli" in modules  # the output really lists what was imported
+    stdout, modules = run_rtsal_listing_modules("--version", env=PLUGINS_ON)
+    assert stdout.strip() == f"rtsal {rtsal.__version__}"
+    assert "rtsal.cli" in modules and "typer" in modules  # the list is real
     assert "torch" not in modules and "timm" not in modules
     assert "rtsal.plugins" not in modules  # plugins' commands are not needed for --version
 
 
-def test_imported_modules_parses_importtime():
-    stderr = (
-        "import time: self [us] | cumulative | imported package\n"
-        "import time:       215 |        215 |   _io\n"
-        "import time:      1000 |       1215 | torch\n"
-        "warning: something else | with a bar\n"
-    )
-    assert imported_modules(stderr) == {"_io", "torch"}
+def test_help_loads_the_builtin_plugins_without_torch():
+    """The command list needs the plugins' commands; the built-in plugin modules register
+    names and import torch only when something is built."""
+    stdout, modules = run_rtsal_listing_modules("--help", env=NO_PLUGINS)
+    assert "explain" in stdout and "blackboxes" in stdout
+    assert {"rtsal.explainers", "rtsal.providers.timm_provider"} <= modules
+    assert "torch" not in modules and "timm" not in modules
 
 
 @pytest.mark.parametrize("name", rtsal.__all__)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rtsal.blackbox import BlackBox
-from rtsal.checkpoint import META_NAME
 from rtsal.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from rtsal.blackbox import BlackBox
 
 
 class ClassifierCheckpointProvider:
     prefix = "ckpt"
 
     def claims(self, name: str) -> bool:
+        from rtsal.checkpoint import META_NAME
+
         p = Path(name).expanduser()
         meta = p / META_NAME if p.is_dir() else p
         if meta.name != META_NAME or not meta.is_file():

@@ -1,4 +1,8 @@
-"""timm classifiers as black boxes: ``resnet50`` or ``timm:resnet50``."""
+"""timm classifiers as black boxes: ``resnet50`` or ``timm:resnet50``.
+
+Importing this plugin module is cheap (no torch, no timm): both are imported when a black box is
+built or listed, so ``rtsal --help`` can load the plugins quickly.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import os
 import socket
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from rtsal._weights import load_into, load_state_dict
-from rtsal.blackbox import BlackBox, BlackBoxListing
 from rtsal.errors import UnknownBlackBoxError, WeightsUnavailableError
 from rtsal.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from rtsal.blackbox import BlackBox, BlackBoxListing
 
 
 @lru_cache(maxsize=1)
@@ -83,6 +89,9 @@ def timm_black_box(
     import timm
     from timm.data import resolve_data_config
 
+    from rtsal._weights import load_into, load_state_dict
+    from rtsal.blackbox import BlackBox
+
     if not timm.is_model(model_name):
         raise UnknownBlackBoxError(f"timm:{model_name}", _all_names())
     if weights:
@@ -140,6 +149,8 @@ class TimmProvider:
         return [n for n in _all_names() if fnmatch.fnmatch(n, pattern)]
 
     def listings(self, pattern: str) -> list[BlackBoxListing]:
+        from rtsal.blackbox import BlackBoxListing
+
         pre = _pretrained_names()
         return [
             BlackBoxListing(

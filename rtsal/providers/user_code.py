@@ -2,7 +2,8 @@
 
 The factory takes no required arguments and returns either a :class:`rtsal.BlackBox` or a plain
 ``nn.Module``; a plain module may carry ``class_names``, ``mean``, ``std`` and ``input_size``
-attributes (defaults: identity normalisation, 224 px, names ``class_0``...).
+attributes (defaults: identity normalisation, 224 px, names ``class_0``...). Importing this plugin
+module is cheap: torch is imported when a black box is built.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import importlib.util
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from rtsal._weights import load_into, load_state_dict
-from rtsal.blackbox import BlackBox
 from rtsal.errors import RtsalError
 from rtsal.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from rtsal.blackbox import BlackBox
 
 _SPEC = re.compile(r"^(?P<target>[^:]+(?:\.py)?):(?P<attr>[A-Za-z_][A-Za-z0-9_]*)$")
 
@@ -52,6 +54,10 @@ def _import_target(target: str):
 
 def wrap_module(net: nn.Module, name: str, provider: str = "user") -> BlackBox:
     """Turn a plain classifier module into a black box, reading optional metadata attributes."""
+    import torch
+
+    from rtsal.blackbox import BlackBox
+
     mean = tuple(getattr(net, "mean", (0.0, 0.0, 0.0)))
     std = tuple(getattr(net, "std", (1.0,) * len(mean)))
     size = getattr(net, "input_size", 224)
@@ -76,6 +82,11 @@ def wrap_module(net: nn.Module, name: str, provider: str = "user") -> BlackBox:
 
 def user_black_box(spec: str, *, weights: str | None = None, **options: object) -> BlackBox:
     """Call the factory ``spec`` names; ``weights`` (a file) is loaded into what it returns."""
+    from torch import nn
+
+    from rtsal._weights import load_into, load_state_dict
+    from rtsal.blackbox import BlackBox
+
     m = _SPEC.match(spec)
     if not m:
         raise RtsalError(

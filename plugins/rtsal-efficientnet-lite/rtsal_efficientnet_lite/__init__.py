@@ -13,10 +13,13 @@ import importlib.util
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rtsal import BlackBox, hookimpl
+from rtsal import hookimpl
 from rtsal.errors import CheckpointError, WeightsUnavailableError
+
+if TYPE_CHECKING:  # torch and timm are imported when a black box is built, not with the plugin
+    from rtsal import BlackBox
 
 __version__ = "0.1.0"
 

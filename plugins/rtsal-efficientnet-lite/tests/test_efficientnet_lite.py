@@ -33,6 +33,13 @@ def as_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div(255)[None]
 
 
+def test_importing_the_plugin_does_not_import_torch() -> None:
+    """rtsal loads every plugin to list commands (``rtsal --help``): that must stay fast."""
+    code = "import sys, rtsal_efficientnet_lite; assert 'torch' not in sys.modules"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
 def test_entry_point_is_declared() -> None:
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="rtsal")}
     assert eps.get("efficientnet-lite") == "rtsal_efficientnet_lite"
