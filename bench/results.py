@@ -4,9 +4,13 @@ table (with each row's command) goes into docs/results.md between markers for th
     python bench/results.py canvas --data runs/canvas-fm --checkpoint runs/canvas-masker \
         --limit 300
     python bench/results.py imagenet --files runs/lite0-masker-ft3/holdout.txt --limit 180
+    python bench/results.py imagenet-boxes --data ../shared/data/imagenet-val-boxes --limit 629
 
 ``canvas`` scores localisation, saliency metric, pointing, deletion/insertion and pixel metrics
-(the canvas benchmark has boxes and masks); ``imagenet`` the saliency metric (no boxes).
+(the canvas benchmark has boxes and masks); ``imagenet`` the saliency metric (no boxes);
+``imagenet-boxes`` the paper's protocol on ImageNet-val photos with exact boxes (a folder with a
+``boxes.json``), each photo resized to the black box's 224×224: localisation error, MaxBoxAccV2,
+saliency metric, pointing, deletion/insertion and absent-class mask area.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ CANVAS_METHODS = [
     "gt-box",
 ]
 IMAGENET_METHODS = [m for m in CANVAS_METHODS if m != "gt-box"]
+BOXES_METHODS = [
+    "masker",
+    "gradcam",
+    "gradient",
+    "guided-backprop",
+    "centre-box",
+    "max-box",
+    "gt-box",
+]
 
 
 def run(cmd: list[str], cache: Path | None = None) -> dict:
@@ -105,6 +118,30 @@ def imagenet_table(rows: list[dict]) -> str:
     return head + body
 
 
+def boxes_table(rows: list[dict]) -> str:
+    head = (
+        "| method | images | loc. error % at 0.5 ↓ | best-threshold error % (threshold) | "
+        "MaxBoxAccV2 % ↑ | saliency metric ↓ | pointing % ↑ | deletion AUC ↓ | "
+        "insertion AUC ↑ | f_c(X·M) | f_c(X·(1−M)) | area, true class | area, absent class |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def best(r: dict) -> str:
+        if r.get("max_box_acc") is None:
+            return "–"
+        return f"{100 * (1 - r['max_box_acc']):.1f} ({r['max_box_acc_threshold']:.2f})"
+
+    body = "".join(
+        f"| {r['method']} | {r['images']} | {pct(r['localization_error'])} | {best(r)} | "
+        f"{pct(r['max_box_acc_v2'])} | {num(r['saliency'])} | {pct(r.get('pointing'))} | "
+        f"{num(r.get('deletion'))} | {num(r.get('insertion'))} | "
+        f"{num(r['p_image_times_mask'])} | {num(r['p_image_times_inverse'])} | "
+        f"{num(r['area'])} | {num(r.get('area_absent'))} |\n"
+        for r in rows
+    )
+    return head + body
+
+
 def commands(rows: list[dict]) -> str:
     return "\n".join(f"    {r['command']}   # {r['wall_seconds']:.0f} s" for r in rows) + "\n"
 
@@ -122,8 +159,20 @@ def write_section(path: Path, suite: str, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("suite", choices=["canvas", "imagenet"])
-    ap.add_argument("--data", help="canvas: the data set folder (rtsal canvas OUT)")
+    ap.add_argument("suite", choices=["canvas", "imagenet", "imagenet-boxes"])
+    ap.add_argument(
+        "--data",
+        help="canvas: the data set folder (rtsal canvas OUT); imagenet-boxes: a folder of photos "
+        "with boxes.json",
+    )
+    ap.add_argument(
+        "--label", default=None, help="row name for the masker (e.g. the checkpoint's name)"
+    )
+    ap.add_argument(
+        "--metrics",
+        default="saliency,localization,pointing,deletion,insertion",
+        help="imagenet-boxes: what to score",
+    )
     ap.add_argument("--files", help="imagenet: file listing the held-out photos")
     ap.add_argument("--checkpoint", help="masking model (default: the shipped one)")
     ap.add_argument("--limit", type=int, default=300)
@@ -136,6 +185,7 @@ def main() -> None:
     )
     ap.add_argument("--steps", type=int, default=32, help="deletion/insertion steps")
     ap.add_argument("--out", default="docs/results.md")
+    ap.add_argument("--section", default=None, help="markers to write between (default: suite)")
     ap.add_argument("--json-out", default=None, help="also keep the raw summaries here")
     ap.add_argument(
         "--cache",
@@ -143,7 +193,7 @@ def main() -> None:
         help="summaries of commands already run are kept here and reused ('' to always run)",
     )
     a = ap.parse_args()
-    methods = CANVAS_METHODS if a.suite == "canvas" else IMAGENET_METHODS
+    methods = {"canvas": CANVAS_METHODS, "imagenet": IMAGENET_METHODS}.get(a.suite, BOXES_METHODS)
     if a.methods:
         methods = a.methods.split(",")
     limits = {k: int(v) for k, v in (x.split("=") for x in a.method_limit)}
@@ -171,10 +221,34 @@ def main() -> None:
                 "--method",
                 m,
             ]
+        elif a.suite == "imagenet-boxes":
+            d = Path(a.data)
+            cmd = [
+                "metric",
+                "--data",
+                str(d),
+                "--boxes",
+                str(d / "boxes.json"),
+                "--resize",
+                "square",
+                "--metrics",
+                a.metrics,
+                "--steps",
+                str(a.steps),
+                "--limit",
+                n,
+                *ckpt,
+                "--method",
+                m,
+            ]
         else:
             cmd = ["metric", "--files", a.files, "--limit", n, *ckpt, "--method", m]
-        rows.append(run(cmd, Path(a.cache) if a.cache else None))
-    table = canvas_table(rows) if a.suite == "canvas" else imagenet_table(rows)
+        row = run(cmd, Path(a.cache) if a.cache else None)
+        if m == "masker" and a.label:
+            row["method"] = f"masker ({a.label})"
+        rows.append(row)
+    tables = {"canvas": canvas_table, "imagenet": imagenet_table, "imagenet-boxes": boxes_table}
+    table = tables[a.suite](rows)
     import torch
 
     machine = f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
@@ -182,7 +256,7 @@ def main() -> None:
         f"{table}\nMeasured {time.strftime('%Y-%m-%d')} on {machine}; each row by:\n\n"
         f"{commands(rows)}\n"
     )
-    write_section(REPO / a.out, a.suite, text)
+    write_section(REPO / a.out, a.section or a.suite, text)
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(rows, indent=1))
     print(table)

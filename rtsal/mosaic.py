@@ -189,3 +189,29 @@ def inside_fraction(mask: torch.Tensor, box: Box) -> float:
         return float("nan")
     x0, y0, x1, y1 = box
     return float(m[y0:y1, x0:x1].sum()) / total
+
+
+def score_mosaic_masks(masks: torch.Tensor, boxes: Sequence[Box]) -> dict[str, float]:
+    """The mosaic benchmark's numbers for masks (N, 1, H, W) of each mosaic's target class:
+
+    - ``mosaic_loc``: the paper's localisation test against the target tile (tightest box around
+      the mask above 0.5, IoU > 0.5);
+    - ``mosaic_inside``: mean share of the mask's mass inside the target tile;
+    - ``mosaic_pointing``: share of masks whose maximum lies in the target tile.
+    """
+    from rtsal.metrics import box_iou, salient_box
+
+    hits, inside, points = [], [], []
+    for m, b in zip(masks, boxes, strict=True):
+        m = m.reshape(m.shape[-2], m.shape[-1]).float()
+        hits.append(box_iou(salient_box(m), b) > 0.5)
+        share = inside_fraction(m, b)
+        inside.append(0.0 if share != share else share)  # an empty mask keeps nothing inside
+        y, x = divmod(int(m.flatten().argmax()), m.shape[1])
+        points.append(b[0] <= x < b[2] and b[1] <= y < b[3])
+    n = max(1, len(hits))
+    return {
+        "mosaic_loc": sum(hits) / n,
+        "mosaic_inside": sum(inside) / n,
+        "mosaic_pointing": sum(points) / n,
+    }

@@ -98,6 +98,7 @@ class TrainConfig:
     mosaic_tiles: tuple[int, ...] = (2, 4)
     val_every: int = 0  # steps between validations on held-out photos (needs --holdout)
     val_photos: int = 200  # held-out photos (and as many mosaics) used for validation
+    keep_validated: bool = False  # keep the model of every validation in OUT/validated/step-N
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -597,6 +598,9 @@ class Trainer:
             )
             if result["score"] > best:
                 self._save_checkpoint(self.out / "best", history, seconds, validation=result)
+            if self.cfg.keep_validated:
+                where = self.out / "validated" / f"step-{self.step}"
+                self._save_checkpoint(where, history, seconds, validation=result)
         barrier(self.dist)
         return result
 

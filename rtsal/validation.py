@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from rtsal import _rng
-from rtsal.metrics import box_iou, saliency_metric, salient_box
-from rtsal.mosaic import mosaic_cases, render_case
+from rtsal.metrics import saliency_metric, salient_box
+from rtsal.mosaic import mosaic_cases, render_case, score_mosaic_masks
 
 VALIDATION_STREAM = 11
 
@@ -103,15 +103,7 @@ class Validator:
         result: dict[str, float] = {}
         if len(self.cases):
             masks = self._masks(model, self.mosaics, self.mosaic_labels)
-            hits, inside = [], []
-            for m, b in zip(masks, self.mosaic_boxes, strict=True):
-                m = m[0]
-                hits.append(box_iou(salient_box(m), b) > 0.5)
-                total = float(m.sum())
-                x0, y0, x1, y1 = b
-                inside.append(float(m[y0:y1, x0:x1].sum()) / total if total > 0 else 0.0)
-            result["mosaic_loc"] = sum(hits) / len(hits)
-            result["mosaic_inside"] = sum(inside) / len(inside)
+            result.update(score_mosaic_masks(masks, self.mosaic_boxes))
         if len(self.photos):
             labels = self.photo_labels
             masks = self._masks(model, self.photos, labels)

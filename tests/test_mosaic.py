@@ -175,3 +175,20 @@ def test_validator_scores_a_perfect_tile_oracle(tmp_path):
     assert result["area_true"] == 1.0  # a one-colour photo is all its class
     assert result["area_absent"] == 0.0
     assert result["score"] == result["mosaic_loc"]
+
+
+def test_mosaic_scores_by_hand():
+    from rtsal.mosaic import score_mosaic_masks
+
+    H, W = 8, 8
+    boxes = tile_boxes(4, H, W)  # target tiles: 0 then 3
+    exact = torch.zeros(1, H, W)
+    exact[:, :4, :4] = 1  # the target tile exactly
+    spill = torch.zeros(1, H, W)
+    spill[:, 4:, 4:] = 1.0  # tile 3, the target
+    spill[:, 0, 0] = 0.9  # a speck in tile 0 widens the box to the whole image
+    empty = torch.zeros(1, H, W)
+    s = score_mosaic_masks(torch.stack([exact, spill, empty]), [boxes[0], boxes[3], boxes[1]])
+    assert s["mosaic_loc"] == pytest.approx(1 / 3)  # spill's box is the whole image: IoU 1/4
+    assert s["mosaic_inside"] == pytest.approx((1 + 16 / 16.9 + 0) / 3)
+    assert s["mosaic_pointing"] == pytest.approx(2 / 3)  # empty: argmax at (0, 0), not in tile 1

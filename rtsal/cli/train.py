@@ -171,6 +171,9 @@ def train(
     val_photos: Annotated[
         int, typer.Option(help="Held-out photos (and as many mosaics) for validation.")
     ] = 200,
+    keep_validated: Annotated[
+        bool, typer.Option(help="Keep the model of every validation in OUT/validated/step-N.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT.
@@ -237,6 +240,7 @@ def train(
         mosaic_tiles=parse_ints(mosaic_tiles, "--mosaic-tiles"),
         val_every=val_every,
         val_photos=val_photos,
+        keep_validated=keep_validated,
     )
     with progress_bar() as progress:
         task = progress.add_task("indexing photos", total=None)
