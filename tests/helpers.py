@@ -1,4 +1,5 @@
-"""Helpers shared by the CLI tests: run rtsal in a subprocess and read what it printed."""
+"""Helpers shared by the tests: run rtsal in a subprocess and read what it printed; give
+BatchNorms statistics that make folding them a real test."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -53,3 +58,32 @@ def fashion_mnist_installed() -> bool:
 
 
 FASHION_MNIST_REASON = "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+
+
+def randomise_batch_norms(module: nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine parameters in every BatchNorm2d of ``module``
+    (a freshly built one is the identity in evaluation mode, and folding it proves nothing)."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                    m.bias.copy_(0.2 * torch.randn(n, generator=g))
+
+
+def drop_batch_norms(module: nn.Module) -> None:
+    """Replace every BatchNorm2d of ``module`` by the identity, in place: what the network
+    computes if the BatchNorms were neither kept nor folded."""
+    from torch import nn
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(parent, name, nn.Identity())

@@ -12,16 +12,20 @@ from PIL import Image
 
 from rtsal.boxes import threshold_box
 from rtsal.images import fit_size
-from tests.helpers import assert_one_line_error, run_rtsal
+from tests.helpers import (
+    assert_one_line_error,
+    drop_batch_norms,
+    randomise_batch_norms,
+    run_rtsal,
+)
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("rtsal_efficientnet_lite")
 PLUGINS = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """An (untrained) Lite0 masking model: the pipeline, not the mask quality, is under test."""
+def save_lite0_masker(out: Path, randomise_decoder_batch_norms: bool = False) -> Path:
+    """An untrained Lite0 masking model, written as a checkpoint to ``out``."""
     from rtsal.checkpoint import save_masker
     from rtsal.model import MaskerConfig, build_masking_model
     from rtsal.plugins import reset_plugin_manager
@@ -38,9 +42,18 @@ def checkpoint(tmp_path_factory) -> Path:
         upsampler_channels=(64, 32, 16),
     )
     model = build_masking_model(cfg, box)
-    out = tmp_path_factory.mktemp("ckpt") / "lite0"
+    if randomise_decoder_batch_norms:  # the encoder is the black box's network: left alone
+        for child in model.children():
+            if child is not model.encoder:
+                randomise_batch_norms(child, seed=7)
     save_masker(out, model, box, training={}, final_losses={}, objective={})
     return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An (untrained) Lite0 masking model: the pipeline, not the mask quality, is under test."""
+    return save_lite0_masker(tmp_path_factory.mktemp("ckpt") / "lite0")
 
 
 @pytest.fixture(scope="module")
@@ -298,15 +311,23 @@ def test_in_background_keeps_order_forwards_errors_and_stops():
     assert not any(t.name == "rtsal-reader" for t in threading.enumerate())
 
 
-def test_folded_batch_norms_give_the_same_masks(checkpoint):
-    """The explanation path folds the decoder's BatchNorms; masks must not change."""
+def test_folded_batch_norms_give_the_same_masks(tmp_path):
+    """The explanation path folds the decoder's BatchNorms; masks must not change. The
+    BatchNorms have random statistics (an untrained model's are identities, and folding those
+    could not go wrong): the masks without them differ, with them folded they do not."""
     from rtsal.explain import Explainer
 
+    checkpoint = save_lite0_masker(tmp_path / "lite0", randomise_decoder_batch_norms=True)
     im = Image.fromarray(skdata.chelsea())
     fused = Explainer(checkpoint, device="cpu").explain_batch([im], [281])[0][0]
     plain = Explainer(checkpoint, device="cpu", fuse=False).explain_batch([im], [281])[0][0]
     assert (fused.mask - plain.mask).abs().max() < 1e-5
     assert fused.p_preserved == pytest.approx(plain.p_preserved, abs=1e-5)
+
+    skipped = Explainer(checkpoint, device="cpu", fuse=False)
+    drop_batch_norms(skipped.model.upsamplers)  # the BatchNorms skipped instead of folded
+    dropped = skipped.explain_batch([im], [281])[0][0]
+    assert (dropped.mask - plain.mask).abs().max() > 1e-2
 
 
 def _write_clip(path: Path, frames: int, size=(96, 64)) -> None:

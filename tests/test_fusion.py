@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -9,22 +11,9 @@ from torch import nn
 from rtsal.errors import RtsalError
 from rtsal.fusion import count_batch_norms, fold_batch_norms
 from rtsal.model import MaskerConfig, MaskingModel, TimmEncoder, build_masking_model
+from tests.helpers import drop_batch_norms, randomise_batch_norms
 
 EPS = 2.0**-10  # exact in float32, so var + eps below is exactly 4 and 1
-
-
-def randomise_batch_norms(module: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters in every BatchNorm2d."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                if m.affine:
-                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                    m.bias.copy_(0.2 * torch.randn(n, generator=g))
 
 
 def set_bn(bn: nn.BatchNorm2d, mean, var, gamma=None, beta=None) -> None:
@@ -142,6 +131,10 @@ def test_masking_model_small_encoder():
     assert_close(out.mask_lowres, before.mask_lowres)
     assert_close(out.gate_max, before.gate_max)
     assert before.mask.std() > 1e-3  # the comparison is not trivial
+    dropped = copy.deepcopy(model)
+    drop_batch_norms(dropped)
+    with torch.no_grad():
+        assert (dropped(images, classes).mask - before.mask).abs().max() > 1e-2  # BNs matter
     # the original still has its BatchNorms and gives the same masks
     assert count_batch_norms(model) == n_bn
     assert torch.equal(after.mask, before.mask)
