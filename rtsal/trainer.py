@@ -508,6 +508,8 @@ class Trainer:
         if log is not None:
             log.writelines(json.dumps(h) + "\n" for h in history)
             log.flush()
+        if cfg.val_every and self.step == 0:  # where the run starts (an --init model, say)
+            self.validate(history, 0.0)
         try:
             with _StopRequest() as stop:
                 while self.step < self.total_steps and not interrupted:
