@@ -146,18 +146,89 @@ class LossTerms(NamedTuple):
         return {k: float(v.detach()) for k, v in self._asdict().items()}
 
 
+class Terms(NamedTuple):
+    """Per-sample loss terms, each (B,), already weighted."""
+
+    tv: torch.Tensor
+    area: torch.Tensor
+    preserve: torch.Tensor
+    destroy: torch.Tensor
+
+
+def paper(
+    cfg: ObjectiveConfig,
+    out: MaskerOutput,
+    classes: torch.Tensor,  # (B,) selectors
+    is_real: torch.Tensor,  # (B,) bool
+    keep: torch.Tensor,  # (R, K) logits of Phi(X, M) for the R real selectors, in order
+    drop: torch.Tensor,  # (R, K) logits of Phi(X, 1 - M)
+) -> Terms:
+    """Eq. 4: l1 TV(M) + l2 AV(M) - log f_c(Phi(X, M)) + l3 f_c(Phi(X, 1 - M))^l4.
+
+    Fake selectors get the area term only (the mask should vanish)."""
+    zero = out.mask.new_zeros(classes.shape[0])
+    idx = is_real.nonzero().squeeze(1)
+    c = classes[idx]
+    tv = cfg.tv_weight * total_variation(out.mask_lowres) * is_real
+    av = cfg.area_weight * area(out.mask, cfg.area_power)
+    preserve = zero.index_put((idx,), -cfg.preserve_weight * class_log_prob(keep, c))
+    p_drop = class_log_prob(drop, c).exp()
+    destroy = zero.index_put((idx,), cfg.destroy_weight * (p_drop + 1e-6).pow(cfg.destroy_power))
+    return Terms(tv, av, preserve, destroy)
+
+
+def authors(
+    cfg: ObjectiveConfig,
+    out: MaskerOutput,
+    labels: torch.Tensor,  # (B,) true labels
+    is_real: torch.Tensor,  # (B,) bool
+    keep: torch.Tensor,  # (B, K) logits of Phi(X, M)
+    drop: torch.Tensor,  # (B, K) logits of Phi(X, 1 - M)
+) -> Terms:
+    """The authors' code: hinge terms on logit margins against the true label.
+
+    Real selectors: the preserved image is the class by a margin, the destroyed one is not.
+    Fake selectors: the preserved image loses the true class, the destroyed one keeps it."""
+    tv = cfg.tv_weight * smoothness_sum(out.mask, cfg.border_penalty)
+    av = cfg.area_weight * area(out.mask, cfg.area_power)
+    m_keep, m_drop = margin_to_best_other(keep, labels), margin_to_best_other(drop, labels)
+    real = is_real.to(keep.dtype)
+    preserve = cfg.preserve_weight * (
+        real * F.relu(cfg.preserve_margin - m_keep) + (1 - real) * F.relu(1 + m_keep)
+    )
+    destroy = cfg.destroy_weight * (
+        real * F.relu(cfg.destroy_margin + m_drop) + (1 - real) * F.relu(1 - m_drop)
+    )
+    return Terms(tv, av, preserve, destroy)
+
+
 class SaliencyObjective:
     """Computes the loss terms for a batch of masks; calls the black box once per batch.
 
     ``classes`` are the class selectors given to the masking model, ``labels`` the true labels
     and ``is_real`` says which selectors are true (the others are fake, ~30 % in training).
     Every term is a mean over the whole batch (terms that do not apply to a sample count 0).
+    The paper's form removes evidence only for real selectors; the authors' for all.
     """
 
     def __init__(self, config: ObjectiveConfig, black_box: torch.nn.Module, generator=None):
+        if config.form not in ("paper", "authors"):
+            raise ValueError(f"unknown objective form {config.form!r}")
         self.config = config
         self.black_box = black_box
         self.removal = EvidenceRemoval(config.removal, generator)
+
+    def _keep_and_drop(self, images, mask, rows, generators):
+        """Black-box logits of Phi(X, M) and Phi(X, 1 - M) for the given rows: (R, K) each."""
+        x, m = images[rows], mask[rows]
+        gk = gd = None
+        if generators is not None:
+            gk = [generators[0][i] for i in rows.tolist()]
+            gd = [generators[1][i] for i in rows.tolist()]
+        with record_function("rtsal: evidence removal"):
+            removed = torch.cat([self.removal(x, m, gk), self.removal(x, 1 - m, gd)])
+        with record_function("rtsal: black box"):
+            return self.black_box(removed).chunk(2)
 
     def __call__(
         self,
@@ -172,58 +243,30 @@ class SaliencyObjective:
         B = images.shape[0]
         if is_real is None:
             is_real = torch.ones(B, dtype=torch.bool, device=images.device)
-        if labels is None:
-            labels = classes
-        zero = images.new_zeros(B)
-        mask = out.mask
+        labels = classes if labels is None else labels
         if cfg.form == "paper":
-            tv = cfg.tv_weight * total_variation(out.mask_lowres) * is_real
-            av = cfg.area_weight * area(mask, cfg.area_power)
-            preserve, destroy = zero, zero
-            idx = is_real.nonzero().squeeze(1)
-            if idx.numel():  # fake selectors: area term only
-                x, m, c = images[idx], mask[idx], classes[idx]
-                gk = gd = None
-                if generators is not None:
-                    gk = [generators[0][i] for i in idx.tolist()]
-                    gd = [generators[1][i] for i in idx.tolist()]
-                with record_function("rtsal: evidence removal"):
-                    removed = torch.cat([self.removal(x, m, gk), self.removal(x, 1 - m, gd)])
-                with record_function("rtsal: black box"):
-                    logits = self.black_box(removed)
-                keep, drop = logits.chunk(2)
-                p_drop = class_log_prob(drop, c).exp()
-                preserve = zero.index_put((idx,), -cfg.preserve_weight * class_log_prob(keep, c))
-                destroy = zero.index_put(
-                    (idx,), cfg.destroy_weight * (p_drop + 1e-6).pow(cfg.destroy_power)
-                )
-        elif cfg.form == "authors":
-            tv = cfg.tv_weight * smoothness_sum(mask, cfg.border_penalty)
-            av = cfg.area_weight * area(mask, cfg.area_power)
-            gk, gd = generators if generators is not None else (None, None)
-            logits = self.black_box(
-                torch.cat([self.removal(images, mask, gk), self.removal(images, 1 - mask, gd)])
-            )
-            keep, drop = logits.chunk(2)
-            m_keep, m_drop = margin_to_best_other(keep, labels), margin_to_best_other(drop, labels)
-            real = is_real.to(images.dtype)
-            # real: the preserved image is the class by a margin, the destroyed one is not
-            # fake: the preserved image loses the true class, the destroyed one keeps it
-            preserve = cfg.preserve_weight * (
-                real * F.relu(cfg.preserve_margin - m_keep) + (1 - real) * F.relu(1 + m_keep)
-            )
-            destroy = cfg.destroy_weight * (
-                real * F.relu(cfg.destroy_margin + m_drop) + (1 - real) * F.relu(1 - m_drop)
-            )
+            rows = is_real.nonzero().squeeze(1)
+            if rows.numel():
+                keep, drop = self._keep_and_drop(images, out.mask, rows, generators)
+            else:  # fake selectors only: no black-box pass
+                keep = drop = images.new_zeros(0, 1)
+            terms = paper(cfg, out, classes, is_real, keep, drop)
         else:
-            raise ValueError(f"unknown objective form {cfg.form!r}")
-        embed = zero
+            rows = torch.arange(B, device=images.device)
+            keep, drop = self._keep_and_drop(images, out.mask, rows, generators)
+            terms = authors(cfg, out, labels, is_real, keep, drop)
+        embed = images.new_zeros(B)
         if cfg.embed_weight > 0:
             gate = out.gate_max.clamp(1e-6, 1 - 1e-6)
             embed = cfg.embed_weight * F.binary_cross_entropy(
                 gate, is_real.to(gate.dtype), reduction="none"
             )
-        total = tv + av + preserve + destroy + embed
+        total = terms.tv + terms.area + terms.preserve + terms.destroy + embed
         return LossTerms(
-            total.mean(), tv.mean(), av.mean(), preserve.mean(), destroy.mean(), embed.mean()
+            total.mean(),
+            terms.tv.mean(),
+            terms.area.mean(),
+            terms.preserve.mean(),
+            terms.destroy.mean(),
+            embed.mean(),
         )
