@@ -41,10 +41,17 @@ from rtsal.distributed import any_across, barrier, init_distributed, mean_across
 from rtsal.errors import CheckpointError, RtsalError
 from rtsal.model import MaskerConfig, MaskingModel, build_masking_model
 from rtsal.objective import LossTerms, ObjectiveConfig, SaliencyObjective, objective_preset
+from rtsal.training_state import (
+    STATE_FORMAT,
+    STATE_NAME,
+    TrainingLog,
+    load_training_state,
+    read_training_state,
+    save_training_state,
+)
 
 TERMS = ("tv", "area", "preserve", "destroy")
-STATE_NAME = "training_state.safetensors"
-STATE_FORMAT = "rtsal-training-state"
+__all__ = ["STATE_FORMAT", "STATE_NAME", "TrainConfig", "Trainer", "read_training_state", "train"]
 
 
 @dataclass
@@ -57,7 +64,7 @@ class TrainConfig:
     pretrained: bool = True
     encoder: str = "auto"  # auto: the black box itself when it can share features, else "small"
     embedding: str = "auto"  # auto: classifier-init with a shared encoder, else learned
-    norm: str = "batch"  # batch or group (group: identical results on any number of processes)
+    norm: str = MaskerConfig.norm  # batch or group (group: identical on any number of processes)
     preset: str = "paper"
     tv_weight: float | None = None
     area_weight: float | None = None
@@ -74,9 +81,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | step | constant
     warmup_steps: int = 0
-    upsampler_channels: tuple[int, ...] = (256, 128, 64)
-    bottlenecks: int = 1
-    small_widths: tuple[int, ...] = (32, 64, 128)
+    upsampler_channels: tuple[int, ...] = MaskerConfig.upsampler_channels
+    bottlenecks: int = MaskerConfig.bottlenecks
+    small_widths: tuple[int, ...] = MaskerConfig.small_widths
     mask_stride: int | None = None
     limit: int | None = None
     holdout: float = 0.0  # fraction of an image folder kept out of training (listed in out/)
@@ -112,10 +119,57 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
+        return cls._typed(d)
+
+    @classmethod
+    def _typed(cls, d: dict[str, Any]) -> TrainConfig:
         for k in ("upsampler_channels", "small_widths", "exclude", "mosaic_tiles"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+    @classmethod
+    def from_sources(
+        cls, file: str | Path | None = None, options: dict[str, Any] | None = None
+    ) -> TrainConfig:
+        """Defaults < a config file (TOML or JSON, keys named as the fields) < ``options``
+        (explicitly given command-line options)."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            values.update(read_config_file(file))
+        values.update(options or {})
+        for key in ("blackbox", "data"):
+            if not values.get(key):
+                raise RtsalError(f"rtsal train needs --{key} (or a config file naming it)")
+        return cls._typed(values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The fields a training config file sets; unknown keys are an error with close matches."""
+    import tomllib
+
+    from rtsal.errors import UnknownNameError
+
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except FileNotFoundError:
+        raise RtsalError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RtsalError(f"{path}: cannot read ({exc})") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise RtsalError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({exc})"
+        ) from None
+    if not isinstance(values, dict):
+        raise RtsalError(f"{path}: expected a table of options")
+    known = [f.name for f in fields(TrainConfig)]
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    for k in values:
+        if k not in known:
+            raise UnknownNameError(f"option in {path}", k, known)
+    return values
 
 
 @dataclass
@@ -230,8 +284,26 @@ class _StopRequest:
             signal.signal(sig, old)
 
 
+def check_options(cfg: TrainConfig) -> None:
+    """Refuse option values that cannot work, before any data or model is loaded."""
+    if not 0 <= cfg.fake_prob < 1:
+        raise RtsalError("--fake-prob must be in [0, 1)")
+    if cfg.batch_size < 1:
+        raise RtsalError("--batch-size must be at least 1")
+    if not 0 <= cfg.mosaic <= 1:
+        raise RtsalError("--mosaic must be in [0, 1]")
+    if not cfg.mosaic_tiles or any(t not in (2, 4) for t in cfg.mosaic_tiles):
+        raise RtsalError("--mosaic-tiles takes 2, 4 or 2,4")
+    if cfg.val_every and cfg.holdout <= 0:
+        raise RtsalError("--val-every needs held-out photos: give --holdout")
+    if cfg.schedule not in ("cosine", "step", "constant"):
+        raise RtsalError(f"--schedule must be cosine, step or constant, not {cfg.schedule!r}")
+
+
 class Trainer:
-    """Owns the model, the objective and the loop; ``fit()`` trains and writes the checkpoint."""
+    """A training run: built from a config (data, model, objective, optimizer), then ``fit()``
+    runs the loop and writes the checkpoint. Read top to bottom: build, one step, the loop,
+    validation, saving."""
 
     def __init__(
         self,
@@ -240,19 +312,8 @@ class Trainer:
         resume: dict[str, Any] | None = None,
         index_progress: Callable[[int, int], None] | None = None,
     ):
+        check_options(cfg)
         self.cfg = cfg
-        if not 0 <= cfg.fake_prob < 1:
-            raise RtsalError("--fake-prob must be in [0, 1)")
-        if cfg.batch_size < 1:
-            raise RtsalError("--batch-size must be at least 1")
-        if not 0 <= cfg.mosaic <= 1:
-            raise RtsalError("--mosaic must be in [0, 1]")
-        if not cfg.mosaic_tiles or any(t not in (2, 4) for t in cfg.mosaic_tiles):
-            raise RtsalError("--mosaic-tiles takes 2, 4 or 2,4")
-        if cfg.val_every and cfg.holdout <= 0:
-            raise RtsalError("--val-every needs held-out photos: give --holdout")
-        if cfg.schedule not in ("cosine", "step", "constant"):
-            raise RtsalError(f"--schedule must be cosine, step or constant, not {cfg.schedule!r}")
         self.dist, self.device = init_distributed(cfg.device)
         if cfg.batch_size % self.dist.world_size:
             raise RtsalError(
@@ -269,13 +330,37 @@ class Trainer:
         self.black_box = black_box or create_black_box(
             cfg.blackbox, pretrained=cfg.pretrained, weights=cfg.weights
         )
-        box = self.black_box
+        self._open_data(index_progress)
+        self._build_model()
+        self._build_optimizer()
+        self.step = 0
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already trained on
+        self.seconds_before = 0.0  # wall time of the runs this one resumes
+        self.validated_at = -1
+        if resume is not None:
+            counters = load_training_state(
+                resume, self.model, self.optimizer, self.scheduler, self.scaler, self.out
+            )
+            self.step, self.epoch, self.position = (
+                counters[k] for k in ("step", "epoch", "position")
+            )
+            self.seconds_before = counters["seconds"]
+        self.train_module: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.train_module = self._wrap_ddp()
+
+    # ---------------------------------------------------------------- building the run
+    def _open_data(self, index_progress) -> None:
+        """The training photos (evaluation photos and duplicates out), the held-out split,
+        the validation sets and the mosaics."""
+        cfg, box = self.cfg, self.black_box
         self.resolver = ClassResolver.for_black_box(box)
-        size = (cfg.image_size, cfg.image_size) if cfg.image_size else box.input_size
+        self.size = (cfg.image_size, cfg.image_size) if cfg.image_size else box.input_size
         self.dataset = open_dataset(
             cfg.data,
             split="train",
-            size=size,
+            size=self.size,
             train=True,
             resolver=self.resolver,
             data_root=cfg.data_root,
@@ -302,25 +387,16 @@ class Trainer:
                 f"data set {cfg.data!r} has {len(ds_names)} classes but black box "
                 f"{box.name!r} has {box.num_classes}"
             )
-        self.holdout: list[Path] = []
         self.held_out_samples: list[tuple[Path, int]] = []
         if cfg.holdout > 0:
-            if not hasattr(self.dataset, "samples"):
-                raise RtsalError("--holdout applies to image folders; named sets have a test split")
-            self.dataset, self.held_out_samples = split_holdout(self.dataset, cfg.holdout, cfg.seed)
-            self.holdout = [path for path, _ in self.held_out_samples]
-            if self.dist.is_main:
-                (self.out / "holdout.txt").write_text("".join(f"{p}\n" for p in self.holdout))
-                (self.out / "holdout-labels.tsv").write_text(
-                    "".join(f"{p}\t{label}\n" for p, label in self.held_out_samples)
-                )
+            self._hold_out()
+        self.holdout: list[Path] = [path for path, _ in self.held_out_samples]
         self.validator = None
-        self.validated_at = -1
         if cfg.val_every and self.dist.is_main:
             from rtsal.validation import Validator
 
             self.validator = Validator(
-                self.held_out_samples, box, size, photos=cfg.val_photos, mosaics=cfg.val_photos
+                self.held_out_samples, box, self.size, photos=cfg.val_photos, mosaics=cfg.val_photos
             )
         if cfg.mosaic > 0:
             if not hasattr(self.dataset, "load"):
@@ -333,9 +409,26 @@ class Trainer:
                 f"{len(self.dataset)} training images are fewer than one batch of "
                 f"{cfg.batch_size}; lower --batch-size"
             )
-        self.model_config = masker_config_for(cfg, box)
-        self.model: MaskingModel = build_masking_model(self.model_config, box)
-        if cfg.init and resume is None:
+
+    def _hold_out(self) -> None:
+        if not hasattr(self.dataset, "samples"):
+            raise RtsalError("--holdout applies to image folders; named sets have a test split")
+        self.dataset, self.held_out_samples = split_holdout(
+            self.dataset, self.cfg.holdout, self.cfg.seed
+        )
+        if self.dist.is_main:
+            held = self.held_out_samples
+            (self.out / "holdout.txt").write_text("".join(f"{p}\n" for p, _ in held))
+            (self.out / "holdout-labels.tsv").write_text(
+                "".join(f"{p}\t{label}\n" for p, label in held)
+            )
+
+    def _build_model(self) -> None:
+        """The masking model (encoder frozen) and the objective, on the device."""
+        cfg = self.cfg
+        self.model_config = masker_config_for(cfg, self.black_box)
+        self.model: MaskingModel = build_masking_model(self.model_config, self.black_box)
+        if cfg.init:
             self._init_from(cfg.init)
         self.objective_config: ObjectiveConfig = objective_preset(
             cfg.preset,
@@ -346,21 +439,21 @@ class Trainer:
             destroy_power=cfg.destroy_power,
             embed_weight=cfg.embed_weight,
         )
-        self.model.to(self.device)
-        self.black_box.to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
-        self.black_box.to(memory_format=self.memory_format)
+        for net in (self.model, self.black_box):
+            net.to(self.device)
+            net.to(memory_format=self.memory_format)
         self.objective = SaliencyObjective(self.objective_config, self.black_box)
+
+    def _build_optimizer(self) -> None:
+        """AdamW over the trainable parameters, the lr schedule and mixed precision."""
+        cfg = self.cfg
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = EpochBatchSampler(
-            len(self.dataset),
-            self.local_batch,
-            seed=cfg.seed,
-            epoch=0,
+            len(self.dataset), self.local_batch, seed=cfg.seed, epoch=0,
             world_size=self.dist.world_size,
-        ).num_batches()
+        ).num_batches()  # fmt: skip
         if cfg.steps is not None:
             self.total_steps = cfg.steps
         elif cfg.epochs is not None:
@@ -378,15 +471,6 @@ class Trainer:
             else:
                 self.amp_dtype = torch.float16
                 self.scaler = torch.amp.GradScaler("cuda")
-        self.step = 0
-        self.epoch = 0
-        self.position = 0  # batches of the current epoch already trained on
-        self.seconds_before = 0.0  # wall time of the runs this one resumes
-        if resume is not None:
-            self._load_state(resume)
-        self.train_module: torch.nn.Module = self.model
-        if self.dist.enabled:
-            self.train_module = self._wrap_ddp()
 
     def _init_from(self, path: str) -> None:
         """Start from a trained masking model of the same architecture and black box."""
@@ -401,7 +485,6 @@ class Trainer:
             raise CheckpointError(f"{where}: --init needs the same model options as this run")
         self.model.load_state_dict(sd, strict=False)
 
-    # ---------------------------------------------------------------- distributed
     def _wrap_ddp(self) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -425,44 +508,36 @@ class Trainer:
     def train_step(
         self, x: torch.Tensor, labels: torch.Tensor, present: torch.Tensor | None = None
     ) -> dict[str, float] | None:
-        box = self.black_box
+        """One optimizer step on a batch; None when the loss was not finite (skipped)."""
         n = labels.shape[0]
         classes, is_real = sample_selectors(
             labels,
-            box.num_classes,
+            self.black_box.num_classes,
             self.cfg.fake_prob,
             generators=self._generators(_rng.SELECTOR, n),
             present=present,
         )
         gens = (self._generators(_rng.REMOVAL_KEEP, n), self._generators(_rng.REMOVAL_DROP, n))
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        labels = labels.to(self.device)
-        classes, is_real = classes.to(self.device), is_real.to(self.device)
+        labels, classes, is_real = (t.to(self.device) for t in (labels, classes, is_real))
         self.model.train()
-        with torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        ):
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
             with record_function("rtsal: masking model"):
                 out = self.train_module(x, classes)
             with record_function("rtsal: objective"):
                 terms: LossTerms = self.objective(x, out, classes, labels, is_real, gens)
-        finite = bool(torch.isfinite(terms.total))
-        if any_across(self.dist, not finite) is not False:
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            with record_function("rtsal: backward"):
-                self.scaler.scale(terms.total).backward()
-            with record_function("rtsal: optimizer"):
+        if any_across(self.dist, not bool(torch.isfinite(terms.total))) is not False:
+            return None
+        loss = self.scaler.scale(terms.total) if self.scaler is not None else terms.total
+        with record_function("rtsal: backward"):
+            loss.backward()
+        with record_function("rtsal: optimizer"):
+            if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-        else:
-            with record_function("rtsal: backward"):
-                terms.total.backward()
-            with record_function("rtsal: optimizer"):
+            else:
                 self.optimizer.step()
         self.scheduler.step()
         area = out.mask.detach().flatten(1).mean(1)
@@ -494,89 +569,75 @@ class Trainer:
             collate_fn=getattr(self.dataset, "collate", None),
         )
 
+    def _batches(self):
+        """Batches forever, epoch after epoch, from where the run stands (resumable)."""
+        while True:
+            for batch in self._loader(self.epoch, self.position):
+                self.position += 1
+                yield batch
+            self.epoch += 1
+            self.position = 0
+
     def fit(
         self, on_step: Callable[[int, int, dict[str, float]], None] | None = None
     ) -> TrainResult:
-        cfg = self.cfg
-        main = self.dist.is_main
-        log_path = self.out / "train_log.jsonl"
-        history = self._read_log(log_path) if self.step else []
+        cfg, main = self.cfg, self.dist.is_main
         t0 = time.time()
-        bad_in_row = 0
-        interrupted = False
-        log = log_path.open("w") if main else None
-        if log is not None:
-            log.writelines(json.dumps(h) + "\n" for h in history)
-            log.flush()
-        if cfg.val_every and self.step == 0:  # where the run starts (an --init model, say)
-            self.validate(history, 0.0)
-        try:
-            with _StopRequest() as stop:
-                while self.step < self.total_steps and not interrupted:
-                    for batch in self._loader(self.epoch, self.position):
-                        metrics = self.train_step(*batch)
-                        self.position += 1
-                        if metrics is None:
-                            bad_in_row += 1
-                            if main:
-                                warnings.warn(
-                                    f"step {self.step + 1}: non-finite loss, skipped", stacklevel=1
-                                )
-                            if bad_in_row >= cfg.max_bad_steps:
-                                raise RtsalError(
-                                    f"training diverged: {bad_in_row} non-finite losses in a "
-                                    f"row at step {self.step + 1}; lower --lr"
-                                )
-                        else:
-                            bad_in_row = 0
-                            self.step += 1
-                            metrics.update(
-                                step=self.step,
-                                epoch=self.epoch,
-                                lr=self.scheduler.get_last_lr()[0],
-                                seconds=round(self.seconds_before + time.time() - t0, 3),
-                            )
-                            history.append(metrics)
-                            if log is not None:
-                                log.write(json.dumps(metrics) + "\n")
-                                log.flush()
-                            if on_step and main:
-                                on_step(self.step, self.total_steps, metrics)
-                        if any_across(self.dist, stop.requested):
-                            interrupted = True
-                            break
-                        if self.step >= self.total_steps:
-                            break
-                        if metrics is not None and cfg.val_every and self.step % cfg.val_every == 0:
-                            self.validate(history, self.seconds_before + time.time() - t0)
-                        if (
-                            cfg.checkpoint_every
-                            and self.step % cfg.checkpoint_every == 0
-                            and metrics is not None
-                        ):
-                            self.save(history, self.seconds_before + time.time() - t0)
-                    else:
-                        self.epoch += 1
-                        self.position = 0
-        finally:
-            if log is not None:
-                log.close()
-        seconds = self.seconds_before + time.time() - t0
-        if cfg.val_every and not interrupted and self.validated_at != self.step:
-            self.validate(history, seconds)
-        self.save(history, seconds, interrupted=interrupted, final=not interrupted)
-        if self.dist.enabled and os.environ.get("RTSAL_SAVE_EVERY_RANK"):
-            # diagnostic: every process writes its replica, to check they agree
-            from safetensors.torch import save_file
 
-            sd = {
-                k: v.detach().cpu().contiguous()
-                for k, v in self.model.trainable_state_dict().items()
-            }
-            save_file(sd, str(self.out / f"replica-rank{self.dist.rank}.safetensors"))
+        def elapsed() -> float:
+            return self.seconds_before + time.time() - t0
+
+        bad_in_row, interrupted = 0, False
+        log = TrainingLog(self.out / "train_log.jsonl", self.step, enabled=main)
+        if cfg.val_every and self.step == 0:  # where the run starts (an --init model, say)
+            self.validate(log.rows, 0.0)
+        with log, _StopRequest() as stop:
+            batches = self._batches()
+            while self.step < self.total_steps:
+                metrics = self.train_step(*next(batches))
+                if metrics is None:
+                    bad_in_row = self._skip_bad_step(bad_in_row + 1)
+                else:
+                    bad_in_row = 0
+                    self.step += 1
+                    metrics.update(
+                        step=self.step, epoch=self.epoch, lr=self.scheduler.get_last_lr()[0],
+                        seconds=round(elapsed(), 3),
+                    )  # fmt: skip
+                    log.write(metrics)
+                    if on_step and main:
+                        on_step(self.step, self.total_steps, metrics)
+                if any_across(self.dist, stop.requested):
+                    interrupted = True
+                    break
+                if metrics is not None and self.step < self.total_steps:
+                    self._periodic(log.rows, elapsed())
+        if cfg.val_every and not interrupted and self.validated_at != self.step:
+            self.validate(log.rows, elapsed())
+        seconds = elapsed()
+        self.save(log.rows, seconds, interrupted=interrupted)
+        self._save_replica()
         return TrainResult(
-            self.out, self.step, seconds, summarise(history[-50:]), interrupted, history
+            self.out, self.step, seconds, summarise(log.rows[-50:]), interrupted, log.rows
         )
+
+    def _skip_bad_step(self, bad_in_row: int) -> int:
+        if self.dist.is_main:
+            warnings.warn(f"step {self.step + 1}: non-finite loss, skipped", stacklevel=2)
+        if bad_in_row >= self.cfg.max_bad_steps:
+            raise RtsalError(
+                f"training diverged: {bad_in_row} non-finite losses in a row at step "
+                f"{self.step + 1}; lower --lr"
+            )
+        return bad_in_row
+
+    def _periodic(self, history: list[dict[str, float]], seconds: float) -> None:
+        """Validation and resumable checkpoints every so many steps."""
+        cfg = self.cfg
+        if cfg.val_every and self.step % cfg.val_every == 0:
+            self.validate(history, seconds)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            self.save(history, seconds)
 
     # ---------------------------------------------------------------- validation
     def validate(self, history: list[dict[str, float]], seconds: float) -> dict[str, float]:
@@ -585,19 +646,13 @@ class Trainer:
         result: dict[str, float] = {}
         self.validated_at = self.step
         if self.validator is not None:
-            result = {"step": self.step, **self.validator(self.model)}
-            result["seconds"] = round(seconds, 1)
+            result = {"step": self.step, **self.validator(self.model), "seconds": round(seconds, 1)}
             log = self.out / "val_log.jsonl"
-            previous = (
-                [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-                if log.is_file()
-                else []
-            )
-            previous = [r for r in previous if r["step"] < self.step]
-            best = max((r["score"] for r in previous), default=-1.0)
-            atomic_write_bytes(
-                log, "".join(json.dumps(r) + "\n" for r in [*previous, result]).encode()
-            )
+            lines = log.read_text().splitlines() if log.is_file() else []
+            rows = [json.loads(line) for line in lines if line.strip()]
+            rows = [r for r in rows if r["step"] < self.step]
+            best = max((r["score"] for r in rows), default=-1.0)
+            atomic_write_bytes(log, "".join(json.dumps(r) + "\n" for r in [*rows, result]).encode())
             if result["score"] > best:
                 self._save_checkpoint(self.out / "best", history, seconds, validation=result)
             if self.cfg.keep_validated:
@@ -606,7 +661,7 @@ class Trainer:
         barrier(self.dist)
         return result
 
-    # ---------------------------------------------------------------- checkpoints
+    # ---------------------------------------------------------------- saving
     def _save_checkpoint(
         self, out: Path, history, seconds: float, *, interrupted=False, validation=None
     ) -> None:
@@ -628,86 +683,27 @@ class Trainer:
             extra={"black_box_options": self.black_box_options()},
         )
 
-    def save(
-        self, history: list[dict[str, float]], seconds: float, *, interrupted=False, final=False
-    ) -> None:
+    def save(self, history: list[dict[str, float]], seconds: float, *, interrupted=False) -> None:
         """The usable checkpoint and the resumable state, each written atomically (rank 0)."""
         if self.dist.is_main:
             self._save_checkpoint(self.out, history, seconds, interrupted=interrupted)
-            self._save_state(seconds)
+            counters = {"step": self.step, "epoch": self.epoch, "position": self.position}
+            save_training_state(
+                self.out, self.model, self.optimizer, self.scheduler, self.scaler,
+                {**counters, "seconds": seconds}, self.cfg.to_dict(),
+            )  # fmt: skip
         barrier(self.dist)
 
-    def _save_state(self, seconds: float) -> None:
-        from safetensors.torch import save
+    def _save_replica(self) -> None:
+        """Diagnostic (RTSAL_SAVE_EVERY_RANK): every process writes its replica."""
+        if not (self.dist.enabled and os.environ.get("RTSAL_SAVE_EVERY_RANK")):
+            return
+        from safetensors.torch import save_file
 
-        tensors = {
-            f"model.{k}": v.detach().cpu().contiguous()
-            for k, v in self.model.trainable_state_dict().items()
+        sd = {
+            k: v.detach().cpu().contiguous() for k, v in self.model.trainable_state_dict().items()
         }
-        opt = self.optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for i, st in opt["state"].items():
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor):
-                    tensors[f"opt.{i}.{k}"] = v.detach().cpu().contiguous()
-                else:
-                    scalars.setdefault(str(i), {})[k] = v
-        meta = {
-            "format": STATE_FORMAT,
-            "step": self.step,
-            "epoch": self.epoch,
-            "position": self.position,
-            "seconds": seconds,
-            "config": self.cfg.to_dict(),
-            "optimizer_groups": [
-                {k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]
-            ],
-            "optimizer_scalars": scalars,
-            "scheduler": {
-                k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"
-            },
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        }
-        data = save(tensors, metadata={"state": json.dumps(meta)})
-        atomic_write_bytes(self.out / STATE_NAME, data)
-
-    def _load_state(self, state: dict[str, Any]) -> None:
-        meta, tensors = state["meta"], state["tensors"]
-        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        expected = self.model.trainable_state_dict()
-        if set(model_sd) != set(expected):
-            raise CheckpointError(f"{self.out}: training state does not match the model")
-        self.model.load_state_dict(model_sd, strict=False)
-        per_param: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, i, name = k.split(".", 2)
-                per_param.setdefault(int(i), {})[name] = v
-        for i, sc in meta["optimizer_scalars"].items():
-            per_param.setdefault(int(i), {}).update(sc)
-        groups = self.optimizer.state_dict()["param_groups"]
-        for g, saved in zip(groups, meta["optimizer_groups"], strict=True):
-            g.update(saved)
-        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-        self.scheduler.load_state_dict({**self.scheduler.state_dict(), **meta["scheduler"]})
-        if self.scaler is not None and meta.get("scaler"):
-            self.scaler.load_state_dict(meta["scaler"])
-        self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
-        self.seconds_before = float(meta.get("seconds", 0.0))
-
-    def _read_log(self, path: Path) -> list[dict[str, float]]:
-        """The log up to the resumed step (steps after the last checkpoint are dropped)."""
-        if not path.is_file():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line cut by a kill
-                continue
-            if row.get("step", 0) <= self.step:
-                rows.append(row)
-        return rows
+        save_file(sd, str(self.out / f"replica-rank{self.dist.rank}.safetensors"))
 
     def black_box_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -716,24 +712,6 @@ class Trainer:
         if not self.cfg.pretrained:
             opts["pretrained"] = False
         return opts
-
-
-def read_training_state(out: str | Path) -> dict[str, Any]:
-    """The resumable state in ``out`` (written by :meth:`Trainer.save`)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(out).expanduser() / STATE_NAME
-    if not path.is_file():
-        raise CheckpointError(f"nothing to resume in {Path(out)}: no {STATE_NAME}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("state", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable training state ({exc})") from None
-    if meta.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: not an rtsal training state")
-    return {"meta": meta, "tensors": tensors}
 
 
 def resume_trainer(out: str | Path, **overrides: Any) -> Trainer:

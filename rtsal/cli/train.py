@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from rtsal.cli._console import err, parse_ints, progress_bar
+from rtsal.trainer import TrainConfig
+
+_DEFAULT = TrainConfig(blackbox="", data="")  # every default lives in TrainConfig
+_INT_LISTS = ("upsampler_channels", "small_widths", "mosaic_tiles")
+
+
+def _ints(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
 
 
 def train(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training options from a TOML or JSON file (keys named as the options, "
+            "e.g. lr = 5e-4, upsampler_channels = [256, 128, 64]); options given on the "
+            "command line win."
+        ),
+    ] = None,
     blackbox: Annotated[
         str | None,
         typer.Option(
@@ -43,18 +61,28 @@ def train(
         Path | None,
         typer.Option(help="Black-box weights file (safetensors, or a .pt/.pth tensor file)."),
     ] = None,
-    pretrained: Annotated[bool, typer.Option(help="Use pretrained black-box weights.")] = True,
-    preset: Annotated[str, typer.Option(help="Objective preset: paper or authors.")] = "paper",
+    pretrained: Annotated[
+        bool, typer.Option(help="Use pretrained black-box weights.")
+    ] = _DEFAULT.pretrained,
+    preset: Annotated[
+        str, typer.Option(help="Objective preset: paper or authors.")
+    ] = _DEFAULT.preset,
     epochs: Annotated[float | None, typer.Option(help="Epochs to train.")] = None,
     steps: Annotated[int | None, typer.Option(help="Steps to train (overrides --epochs).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per step.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Images per step.")
+    ] = _DEFAULT.batch_size,
     image_size: Annotated[
         int | None, typer.Option(help="Training resolution (default: the black box's input size).")
     ] = None,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
-    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = _DEFAULT.lr,
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW weight decay.")
+    ] = _DEFAULT.weight_decay,
+    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = _DEFAULT.schedule,
+    warmup_steps: Annotated[
+        int, typer.Option(help="Linear warm-up steps.")
+    ] = _DEFAULT.warmup_steps,
     tv_weight: Annotated[
         float | None, typer.Option("--tv-weight", help="lambda1 (smoothness).")
     ] = None,
@@ -69,24 +97,28 @@ def train(
     embed_weight: Annotated[
         float | None, typer.Option(help="Weight of the class-embedding speed-up term (0 = off).")
     ] = None,
-    fake_prob: Annotated[float, typer.Option(help="Share of fake class selectors.")] = 0.3,
+    fake_prob: Annotated[
+        float, typer.Option(help="Share of fake class selectors.")
+    ] = _DEFAULT.fake_prob,
     encoder: Annotated[
         str,
         typer.Option(
             help="auto, blackbox (share the black box's network), "
             "small (paper's from-scratch encoder) or timm:NAME."
         ),
-    ] = "auto",
+    ] = _DEFAULT.encoder,
     embedding: Annotated[
         str, typer.Option(help="auto, learned, classifier-init or classifier-tied.")
-    ] = "auto",
+    ] = _DEFAULT.embedding,
     upsampler_channels: Annotated[
         str, typer.Option(help="Widths of the upsampler blocks.")
-    ] = "256,128,64",
-    bottlenecks: Annotated[int, typer.Option(help="Bottleneck blocks per upsampler.")] = 1,
+    ] = _ints(_DEFAULT.upsampler_channels),
+    bottlenecks: Annotated[
+        int, typer.Option(help="Bottleneck blocks per upsampler.")
+    ] = _DEFAULT.bottlenecks,
     small_widths: Annotated[
         str, typer.Option(help="Widths of the small encoder's blocks.")
-    ] = "32,64,128",
+    ] = _ints(_DEFAULT.small_widths),
     mask_stride: Annotated[
         int | None,
         typer.Option(
@@ -99,44 +131,44 @@ def train(
     holdout: Annotated[
         float,
         typer.Option(help="Fraction of an image folder to hold out (listed in OUT/holdout.txt)."),
-    ] = 0.0,
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = True,
+    ] = _DEFAULT.holdout,
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = _DEFAULT.workers,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _DEFAULT.seed,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = _DEFAULT.device,
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = _DEFAULT.amp,
     channels_last: Annotated[
         bool, typer.Option(help="Channels-last memory layout (faster on CPUs).")
-    ] = True,
+    ] = _DEFAULT.channels_last,
     norm: Annotated[
         str,
         typer.Option(
             help="batch or group normalisation in the decoder (group: the same "
             "result on any number of processes)."
         ),
-    ] = "batch",
+    ] = _DEFAULT.norm,
     checkpoint_every: Annotated[
         int, typer.Option(help="Steps between resumable checkpoints (0: only at the end).")
-    ] = 200,
+    ] = _DEFAULT.checkpoint_every,
     init: Annotated[
         Path | None,
         typer.Option(help="Start from this masking-model checkpoint (same model options)."),
     ] = None,
     max_bad_steps: Annotated[
         int, typer.Option(help="Stop after this many non-finite losses in a row.")
-    ] = 5,
+    ] = _DEFAULT.max_bad_steps,
     labels: Annotated[
         str,
         typer.Option(
             help="Where labels come from: folder (class folders or synset file names) or "
             "blackbox (the black box's top-1 class, so any folder of photos is training data)."
         ),
-    ] = "folder",
+    ] = _DEFAULT.labels,
     min_confidence: Annotated[
         float,
         typer.Option(
             help="--labels blackbox: keep photos whose top-1 probability is at least this."
         ),
-    ] = 0.3,
+    ] = _DEFAULT.min_confidence,
     exclude: Annotated[
         list[Path] | None,
         typer.Option(
@@ -144,36 +176,36 @@ def train(
             "(repeatable). ILSVRC2012_val_* files are always left out."
         ),
     ] = None,
-    dedup: Annotated[bool, typer.Option(help="Leave out repeated photos.")] = True,
+    dedup: Annotated[bool, typer.Option(help="Leave out repeated photos.")] = _DEFAULT.dedup,
     crop_scale: Annotated[
         float, typer.Option(help="Random resized crops keep at least this share of the photo.")
-    ] = 0.35,
+    ] = _DEFAULT.crop_scale,
     color_jitter: Annotated[
         float, typer.Option(help="Brightness, contrast and saturation jitter (0: off).")
-    ] = 0.0,
+    ] = _DEFAULT.color_jitter,
     mosaic: Annotated[
         float,
         typer.Option(
             help="Share of training samples that are mosaics of 2 or 4 photos of different "
             "classes, the selector naming one tile's class."
         ),
-    ] = 0.0,
+    ] = _DEFAULT.mosaic,
     mosaic_tiles: Annotated[
         str, typer.Option(help="Tile counts to draw from: 2, 4 or 2,4.")
-    ] = "2,4",
+    ] = _ints(_DEFAULT.mosaic_tiles),
     val_every: Annotated[
         int,
         typer.Option(
             help="Validate every N steps on held-out photos (mosaic localisation, masks' "
             "probabilities and areas); the best model so far goes to OUT/best. Needs --holdout."
         ),
-    ] = 0,
+    ] = _DEFAULT.val_every,
     val_photos: Annotated[
         int, typer.Option(help="Held-out photos (and as many mosaics) for validation.")
-    ] = 200,
+    ] = _DEFAULT.val_photos,
     keep_validated: Annotated[
         bool, typer.Option(help="Keep the model of every validation in OUT/validated/step-N.")
-    ] = False,
+    ] = _DEFAULT.keep_validated,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT.
@@ -181,67 +213,13 @@ def train(
     Ctrl-C saves and stops; --resume OUT continues. Under torchrun (torchrun --nproc-per-node N
     -m rtsal train ...) the processes share each global batch of --batch-size images.
     """
-    from rtsal.errors import RtsalError
     from rtsal.trainer import TrainConfig, Trainer, resume_trainer
 
     if resume is not None:
         trainer = resume_trainer(resume, **({"steps": steps} if steps is not None else {}))
         _run(trainer, json_out, f"resuming {resume} at step {trainer.step}")
         return
-    if blackbox is None or data is None:
-        raise RtsalError("rtsal train needs --blackbox and --data (or --resume DIR)")
-    cfg = TrainConfig(
-        blackbox=blackbox,
-        data=data,
-        out=str(out),
-        data_root=data_root,
-        weights=str(weights) if weights else None,
-        pretrained=pretrained,
-        preset=preset,
-        epochs=epochs,
-        steps=steps,
-        batch_size=batch_size,
-        image_size=image_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        warmup_steps=warmup_steps,
-        tv_weight=tv_weight,
-        area_weight=area_weight,
-        preserve_weight=preserve_weight,
-        destroy_weight=destroy_weight,
-        destroy_power=destroy_power,
-        embed_weight=embed_weight,
-        fake_prob=fake_prob,
-        encoder=encoder,
-        embedding=embedding,
-        upsampler_channels=parse_ints(upsampler_channels, "--upsampler-channels"),
-        bottlenecks=bottlenecks,
-        small_widths=parse_ints(small_widths, "--small-widths"),
-        mask_stride=mask_stride,
-        limit=limit,
-        holdout=holdout,
-        workers=workers,
-        seed=seed,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        norm=norm,
-        checkpoint_every=checkpoint_every,
-        max_bad_steps=max_bad_steps,
-        init=str(init) if init else None,
-        labels=labels,
-        min_confidence=min_confidence,
-        exclude=tuple(str(e) for e in exclude or ()),
-        dedup=dedup,
-        crop_scale=crop_scale,
-        color_jitter=color_jitter,
-        mosaic=mosaic,
-        mosaic_tiles=parse_ints(mosaic_tiles, "--mosaic-tiles"),
-        val_every=val_every,
-        val_photos=val_photos,
-        keep_validated=keep_validated,
-    )
+    cfg = TrainConfig.from_sources(config, _given_options(ctx))
     with progress_bar() as progress:
         task = progress.add_task("indexing photos", total=None)
 
@@ -251,7 +229,27 @@ def train(
         trainer = Trainer(cfg, index_progress=on_index)
     if trainer.selection is not None:
         err.print(trainer.selection.summary(), highlight=False, markup=False)
-    _run(trainer, json_out, f"training a masking model for {trainer.black_box.name} on {data}")
+    _run(trainer, json_out, f"training a masking model for {trainer.black_box.name} on {cfg.data}")
+
+
+def _given_options(ctx: typer.Context) -> dict[str, Any]:
+    """The TrainConfig fields set on the command line (not left at their defaults), typed."""
+    from rtsal.trainer import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    given = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if name not in names or source is None or source.name.startswith("DEFAULT"):
+            continue
+        if name in _INT_LISTS:
+            value = parse_ints(value, "--" + name.replace("_", "-"))
+        elif isinstance(value, Path):
+            value = str(value)
+        elif name == "exclude":
+            value = tuple(str(v) for v in value or ())
+        given[name] = value
+    return given
 
 
 def _run(trainer, json_out: bool, headline: str) -> None:
