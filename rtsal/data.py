@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from rtsal._rng import AUGMENT, MOSAIC, generator, mix
+from rtsal.cache import cache_dir
 from rtsal.classes import ClassResolver
 from rtsal.errors import DataError, RtsalError
-from rtsal.images import IMAGE_EXTENSIONS, load_image, pil_to_tensor
+from rtsal.images import IMAGE_EXTENSIONS, load_image, photo_transform, pil_to_tensor
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -56,15 +57,6 @@ FASHION_MNIST_CLASSES = (
 )
 NAMED_SETS = ("cifar10", "fashion-mnist")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("RTSAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rtsal"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # --------------------------------------------------------------------------- in-memory sets
@@ -154,48 +146,6 @@ class TensorImageDataset(Dataset):
 # --------------------------------------------------------------------------- image files
 
 
-def _pil_transform(
-    size: tuple[int, int],
-    train: bool,
-    interpolation: str,
-    crop_pct: float,
-    crop_scale: float = 0.35,
-    color_jitter: float = 0.0,
-):
-    """PIL image -> PIL image at ``size``: for training a random resized crop (area share in
-    [crop_scale, 1], aspect around the target's), a flip and optional colour jitter
-    (torchvision.transforms.v2); for evaluation a resize and centre crop."""
-    from torchvision.transforms import v2 as T
-
-    interp = T.InterpolationMode(
-        interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
-    )
-    if train:
-        aspect = size[1] / size[0]  # width / height of the target
-        steps = [
-            T.RandomResizedCrop(
-                size,
-                scale=(crop_scale, 1.0),
-                ratio=(0.75 * aspect, aspect / 0.75),
-                interpolation=interp,
-                antialias=True,
-            ),
-            T.RandomHorizontalFlip(),
-        ]
-        if color_jitter > 0:
-            steps.append(
-                T.ColorJitter(
-                    brightness=color_jitter,
-                    contrast=color_jitter,
-                    saturation=color_jitter,
-                    hue=min(0.5, color_jitter / 4),
-                )
-            )
-        return T.Compose(steps)
-    resize = [int(round(s / max(crop_pct, 1e-3))) for s in size]
-    return T.Compose([T.Resize(min(resize), interpolation=interp), T.CenterCrop(size)])
-
-
 class ImageFileDataset(Dataset):
     """(path, label) pairs read with :func:`rtsal.images.load_image`.
 
@@ -239,7 +189,7 @@ class ImageFileDataset(Dataset):
 
     def _transform_for(self, size: tuple[int, int]):
         if size not in self._transforms:
-            self._transforms[size] = _pil_transform(size, *self._transform_args)
+            self._transforms[size] = photo_transform(size, *self._transform_args)
         return self._transforms[size]
 
     def _transform(self, im, index: int, size=None, stream: int = AUGMENT):
@@ -593,7 +543,7 @@ def open_dataset(
         selection = select_training_photos(
             root,
             labels=labels,
-            resolver=resolver,
+            labelled=scan_image_folder(root, resolver) if labels == "folder" else None,
             black_box=black_box,
             min_confidence=min_confidence,
             exclude=exclude,

@@ -108,3 +108,45 @@ def fit_size(
     aspect = min(max(width, height) / min(width, height), max_aspect)
     long = max(multiple, int(round(short * aspect / multiple)) * multiple)
     return (short, long) if width >= height else (long, short)
+
+
+def photo_transform(
+    size: tuple[int, int],
+    train: bool,
+    interpolation: str,
+    crop_pct: float,
+    crop_scale: float = 0.35,
+    color_jitter: float = 0.0,
+):
+    """PIL image -> PIL image at ``size``: for training a random resized crop (area share in
+    [crop_scale, 1], aspect around the target's), a flip and optional colour jitter
+    (torchvision.transforms.v2); for evaluation a resize and centre crop."""
+    from torchvision.transforms import v2 as T
+
+    interp = T.InterpolationMode(
+        interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+    )
+    if train:
+        aspect = size[1] / size[0]  # width / height of the target
+        steps = [
+            T.RandomResizedCrop(
+                size,
+                scale=(crop_scale, 1.0),
+                ratio=(0.75 * aspect, aspect / 0.75),
+                interpolation=interp,
+                antialias=True,
+            ),
+            T.RandomHorizontalFlip(),
+        ]
+        if color_jitter > 0:
+            steps.append(
+                T.ColorJitter(
+                    brightness=color_jitter,
+                    contrast=color_jitter,
+                    saturation=color_jitter,
+                    hue=min(0.5, color_jitter / 4),
+                )
+            )
+        return T.Compose(steps)
+    resize = [int(round(s / max(crop_pct, 1e-3))) for s in size]
+    return T.Compose([T.Resize(min(resize), interpolation=interp), T.CenterCrop(size)])

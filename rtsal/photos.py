@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rtsal.cache import cache_dir
 from rtsal.errors import DataError
-from rtsal.images import IMAGE_EXTENSIONS, load_image
+from rtsal.images import IMAGE_EXTENSIONS, load_image, photo_transform
 
 EVALUATION_NAME = re.compile(r"^ILSVRC2012_val_", re.IGNORECASE)
 NEAR_DUPLICATE_BITS = 4  # Hamming distance between difference hashes that counts as the same photo
@@ -142,8 +143,6 @@ class PhotoIndex:
 
 
 def _index_path(black_box_name: str | None) -> Path:
-    from rtsal.data import cache_dir
-
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", black_box_name or "hash-only")
     return cache_dir() / "photo-index" / f"{name}.jsonl"
 
@@ -174,9 +173,7 @@ def index_photos(
     bad: list[Path] = []
     transform = None
     if black_box is not None:
-        from rtsal.data import _pil_transform
-
-        transform = _pil_transform(
+        transform = photo_transform(
             tuple(black_box.input_size), False, black_box.interpolation, black_box.crop_pct
         )
     done = len(paths) - len(todo)
@@ -228,7 +225,7 @@ def select_training_photos(
     root: str | Path,
     *,
     labels: str = "folder",
-    resolver=None,
+    labelled: Sequence[tuple[Path, int]] | None = None,
     black_box=None,
     min_confidence: float = 0.3,
     exclude: Sequence[str | Path] = (),
@@ -237,7 +234,8 @@ def select_training_photos(
 ) -> PhotoSelection:
     """The training photos of ``root``: evaluation photos and duplicates out, labelled.
 
-    ``labels="folder"`` reads classes from folder or file names (as :func:`scan_image_folder`);
+    ``labels="folder"`` takes the classes of ``labelled`` (the folder's samples as
+    :func:`rtsal.data.scan_image_folder` reads them from folder or file names);
     ``labels="blackbox"`` takes the black box's top-1 class where its probability is at least
     ``min_confidence``, so any folder of photos is training data.
     """
@@ -250,11 +248,9 @@ def select_training_photos(
         if root_resolved == ex_resolved or ex_resolved in root_resolved.parents:
             raise DataError(f"{root} is inside the evaluation folder {ex}: it cannot be trained on")
     if labels == "folder":
-        from rtsal.data import scan_image_folder
-
-        if resolver is None:
-            raise DataError("folder labels need a black box to map class names")
-        labelled = scan_image_folder(root, resolver)
+        if labelled is None:
+            raise DataError("folder labels need the folder's labelled samples")
+        labelled = list(labelled)
     else:
         if black_box is None:
             raise DataError("--labels blackbox needs a black box")

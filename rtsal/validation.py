@@ -42,14 +42,13 @@ class Validator:
         seed: int = 0,
         batch_size: int = 16,
     ):
-        from rtsal.data import _pil_transform
-        from rtsal.images import load_image, pil_to_tensor
+        from rtsal.images import load_image, photo_transform, pil_to_tensor
 
         self.black_box = black_box
         self.size = tuple(size)
         self.batch_size = batch_size
         box = black_box
-        eval_transform = _pil_transform(self.size, False, box.interpolation, box.crop_pct)
+        eval_transform = photo_transform(self.size, False, box.interpolation, box.crop_pct)
         g = _rng.generator(seed, VALIDATION_STREAM)
         order = torch.randperm(len(samples), generator=g).tolist()
         chosen = [samples[i] for i in order[:photos]]

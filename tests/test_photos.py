@@ -169,10 +169,9 @@ def test_black_box_labels_match_its_top1_on_real_photos(tmp_path):
     photos = _sample_photos(6)
     infos, bad = index_photos(photos, black_box=box, batch_size=4, index_file=tmp_path / "i.jsonl")
     assert not bad
-    from rtsal.data import _pil_transform
-    from rtsal.images import load_image, pil_to_tensor
+    from rtsal.images import load_image, photo_transform, pil_to_tensor
 
-    t = _pil_transform(box.input_size, False, box.interpolation, box.crop_pct)
+    t = photo_transform(box.input_size, False, box.interpolation, box.crop_pct)
     x = torch.stack([pil_to_tensor(t(load_image(p))) for p in photos])
     with torch.inference_mode():
         p = box.probabilities(x)
