@@ -196,3 +196,67 @@ def test_import_graph_of_a_planted_package(tmp_path):
     (pkg / "c.py").write_text("from pkg import thing\n")
     (pkg / "a.py").write_text("from pkg import c\nthing = 1\n")
     assert find_cycles(import_graph(pkg)) == [["pkg", "pkg.a", "pkg.c", "pkg"]]
+
+
+# The engine: the paper's method and what training it needs (model, Φ, objective, checkpoints,
+# training state, distribution, keyed randomness). It must stay free of image files, the
+# command line, terminal UI and export libraries, so it can run anywhere a tensor can.
+ENGINE = {
+    "rtsal.model",
+    "rtsal.removal",
+    "rtsal.objective",
+    "rtsal.checkpoint",
+    "rtsal.training_state",
+    "rtsal.distributed",
+    "rtsal._rng",
+}
+NOT_IN_ENGINE = {"PIL", "typer", "click", "rich", "onnx", "onnxruntime", "av", "skimage", "cv2"}
+
+
+def third_party_imports(path: Path, package: str = "rtsal") -> set[str]:
+    """Top-level names of the modules outside ``package`` a file imports at import time."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in import_time_imports(tree.body):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {package}
+
+
+def reachable(graph: dict[str, set[str]], start: set[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += graph.get(m, ())
+    return seen
+
+
+def test_the_engine_imports_no_files_cli_ui_or_export_libraries():
+    graph = import_graph(REPO / "rtsal")
+    modules = module_names(REPO / "rtsal")
+    assert ENGINE <= set(modules)
+    closure = reachable(graph, ENGINE)
+    offenders = {
+        m: sorted(third_party_imports(modules[m]) & NOT_IN_ENGINE)
+        for m in sorted(closure)
+        if third_party_imports(modules[m]) & NOT_IN_ENGINE
+    }
+    assert not offenders, f"the engine reaches {offenders} (through {sorted(closure - ENGINE)})"
+
+
+def test_the_engine_rule_catches_a_planted_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core.py").write_text("import torch\nfrom pkg import helper\n")
+    (pkg / "helper.py").write_text("from PIL import Image\n")
+    graph = import_graph(pkg)
+    closure = reachable(graph, {"pkg.core"})
+    assert closure == {"pkg.core", "pkg.helper"}
+    assert third_party_imports(pkg / "helper.py", "pkg") & NOT_IN_ENGINE == {"PIL"}
+    assert third_party_imports(pkg / "core.py", "pkg") == {"torch"}
