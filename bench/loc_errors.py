@@ -1,7 +1,8 @@
 """Why localisation fails: sorts the misses of a per-image CSV written by ``rtsal metric
 --metrics localization --out DIR`` (or ``rtsal localize --out DIR``) against the boxes.
 
-    python bench/loc_errors.py runs/eval/masker-*.csv --boxes ../shared/data/imagenet-val-boxes/boxes.json
+    python bench/loc_errors.py runs/eval/masker-*.csv \
+        --boxes ../shared/data/imagenet-val-boxes/boxes.json
 
 A miss (IoU ≤ 0.5 with every box of the class) is "empty" (nothing above 0.5), "too small"
 (the predicted box under half the area of the box it overlaps most), "too large" (over twice

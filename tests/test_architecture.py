@@ -239,7 +239,7 @@ def reachable(graph: dict[str, set[str]], start: set[str]) -> set[str]:
 def test_the_engine_imports_no_files_cli_ui_or_export_libraries():
     graph = import_graph(REPO / "rtsal")
     modules = module_names(REPO / "rtsal")
-    assert ENGINE <= set(modules)
+    assert set(modules) >= ENGINE
     closure = reachable(graph, ENGINE)
     offenders = {
         m: sorted(third_party_imports(modules[m]) & NOT_IN_ENGINE)
