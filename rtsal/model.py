@@ -4,6 +4,9 @@
     Y --upsampler blocks (transposed conv x2, skip concat, bottlenecks)--> stride-4 map
     --1x1 conv to (C0, C1), M = |C0| / (|C0| + |C1|) (Eq. 8)--> bilinear x4 --> mask (B, 1, H, W)
 
+Explaining runs the encoder once per image and the decoder once per class asked for
+(``encode_and_classify``, then ``masks_for_classes``); class ``TOP1`` (-1) is the image's top-1.
+
 Two encoders: a frozen pretrained timm backbone (by default the black box's own network, so
 ``X_ij^T C_s`` can be tied to the classifier and one backbone pass gives both the logits and the
 mask), or the paper's small-image encoder trained from scratch.
@@ -11,7 +14,8 @@ mask), or the paper's small-image encoder trained from scratch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -21,6 +25,7 @@ from torch import nn
 from rtsal.errors import RtsalError
 
 EMBEDDING_MODES = ("learned", "classifier-init", "classifier-tied")
+TOP1 = -1  # the class id that asks for each image's top-1 class
 
 
 @dataclass
@@ -71,7 +76,13 @@ class MaskerOutput(NamedTuple):
 class EncoderFeatures:
     skips: list[torch.Tensor]  # finest first, (B, C_k, H/s_k, W/s_k)
     coarsest: torch.Tensor  # (B, C, H/S, W/S), the map the feature filter gates
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (B, K) the black box's f(X)
+
+    def rows(self, index: torch.Tensor) -> EncoderFeatures:
+        """Image ``index[r]``'s features as row r, (B, ...) -> (R, ...): an image asked about
+        several classes appears once per class."""
+        logits = self.logits[index] if self.logits is not None else None
+        return EncoderFeatures([t[index] for t in self.skips], self.coarsest[index], logits)
 
 
 class TimmEncoder(nn.Module):
@@ -316,6 +327,38 @@ class MaskingModel(nn.Module):
         feats = self.encode(images, with_logits=with_logits)
         return self.decode(feats, classes, images.shape[-2:])
 
+    # ------------------------------------------------------------ explaining: one encoder pass
+
+    @property
+    def shared_encoder(self) -> bool:
+        """The encoder is the black box's own network, so its pass gives f(X) as well."""
+        return self.config.encoder == "blackbox"
+
+    def encode_and_classify(
+        self, images: torch.Tensor, black_box: Callable[[torch.Tensor], torch.Tensor]
+    ) -> EncoderFeatures:
+        """The encoder pass with the black box's logits f(X) (B, K) in ``logits``: from that
+        same backbone pass with a shared encoder, else from ``black_box(images)``."""
+        if self.shared_encoder:
+            return self.encode(images, with_logits=True)
+        return replace(self.encode(images), logits=black_box(images))
+
+    def masks_for_classes(
+        self,
+        feats: EncoderFeatures,
+        classes: torch.Tensor,
+        size: tuple[int, int],
+        image_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks (R, 1, H, W) for R (image, class) rows of one encoder pass, and the classes
+        explained (R,). Row r explains class ``classes[r]`` of image ``image_index[r]`` (default:
+        row r is image r); class ``TOP1`` is that image's argmax of ``feats.logits``."""
+        if image_index is not None:
+            feats = feats.rows(image_index)  # (R, ...)
+        if feats.logits is not None:
+            classes = torch.where(classes < 0, feats.logits.argmax(dim=1), classes)  # (R,)
+        return self.decode(feats, classes, size).mask, classes
+
 
 def build_encoder(config: MaskerConfig, black_box: Any | None) -> nn.Module:
     """The encoder a config names; ``"blackbox"`` reuses the black box's own network."""
@@ -371,6 +414,8 @@ def init_embedding_from_classifier(model: MaskingModel, black_box: Any) -> None:
 
 
 __all__ = [
+    "TOP1",
+    "EncoderFeatures",
     "MaskerConfig",
     "MaskerOutput",
     "MaskingModel",

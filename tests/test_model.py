@@ -7,6 +7,7 @@ from torch import nn
 from rtsal.blackbox import BlackBox
 from rtsal.errors import RtsalError
 from rtsal.model import (
+    TOP1,
     FeatureFilter,
     MaskerConfig,
     MaskHead,
@@ -354,3 +355,43 @@ def test_upsampler_blocks_follow_strides(mask_stride, blocks, low):
     out = model(torch.rand(1, 3, 32, 32), torch.tensor([0]))
     assert out.mask_lowres.shape == (1, 1, low, low)
     assert out.mask.shape == (1, 1, 32, 32)
+
+
+# --------------------------------------------------------------------------- one encoder pass
+
+
+def test_one_encoder_pass_serves_every_class():
+    """Rows (image, class) decoded from one encoder pass equal one forward pass per row; class
+    TOP1 is the black box's top-1 for that image."""
+    torch.manual_seed(0)
+    box = tiny_box()
+    model = build_masking_model(small_config(), box).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.encode_and_classify(images, box)
+        top1 = box(images).argmax(1)
+        image_index = torch.tensor([0, 0, 1, 1])
+        classes = torch.tensor([1, 3, 2, TOP1])
+        masks, explained = model.masks_for_classes(feats, classes, (32, 32), image_index)
+        assert explained.tolist() == [1, 3, 2, int(top1[1])]
+        assert masks.shape == (4, 1, 32, 32)
+        for row, (i, c) in enumerate(zip(image_index, explained, strict=True)):
+            alone = model(images[i : i + 1], c.view(1)).mask  # the training-time forward
+            assert torch.allclose(masks[row : row + 1], alone, atol=1e-6)
+
+
+def test_shared_encoder_classifies_in_the_same_pass(resnet18_box):
+    """With the black box as encoder, f(X) comes from the encoder's pass (the black box is not
+    called again) and equals the black box's own logits."""
+    model = build_masking_model(tied_config(), resnet18_box).eval()
+    images = torch.rand(2, 3, 64, 64)
+
+    def not_called(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the black box ran a second pass")
+
+    with torch.no_grad():
+        feats = model.encode_and_classify(images, not_called)
+        assert torch.allclose(feats.logits, resnet18_box(images), atol=1e-5)
+        masks, top1 = model.masks_for_classes(feats, torch.full((2,), TOP1), (64, 64))
+    assert top1.tolist() == feats.logits.argmax(1).tolist()
+    assert masks.shape == (2, 1, 64, 64)
