@@ -175,6 +175,12 @@ def main() -> None:
     )
     ap.add_argument("--files", help="imagenet: file listing the held-out photos")
     ap.add_argument("--checkpoint", help="masking model (default: the shipped one)")
+    ap.add_argument(
+        "--masker",
+        action="append",
+        default=[],
+        help="LABEL=CHECKPOINT: one more masking-model row (repeatable)",
+    )
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--methods", default=None, help="comma-separated subset")
     ap.add_argument(
@@ -199,7 +205,10 @@ def main() -> None:
     limits = {k: int(v) for k, v in (x.split("=") for x in a.method_limit)}
     ckpt = ["--checkpoint", a.checkpoint] if a.checkpoint else []
     rows = []
-    for m in methods:
+    extra = [tuple(x.split("=", 1)) for x in a.masker]
+    jobs = [(m, ckpt, a.label if m == "masker" else None) for m in methods]
+    jobs += [("masker", ["--checkpoint", path], label) for label, path in extra]
+    for m, ckpt, label in jobs:
         n = str(limits.get(m, a.limit))
         if a.suite == "canvas":
             d = Path(a.data)
@@ -244,8 +253,8 @@ def main() -> None:
         else:
             cmd = ["metric", "--files", a.files, "--limit", n, *ckpt, "--method", m]
         row = run(cmd, Path(a.cache) if a.cache else None)
-        if m == "masker" and a.label:
-            row["method"] = f"masker ({a.label})"
+        if label:
+            row["method"] = f"masker ({label})"
         rows.append(row)
     tables = {"canvas": canvas_table, "imagenet": imagenet_table, "imagenet-boxes": boxes_table}
     table = tables[a.suite](rows)

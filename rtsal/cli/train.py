@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from rtsal.cli._console import err, parse_ints, progress_bar
-from rtsal.trainer import TrainConfig
+from rtsal.train_config import TrainConfig
 
 _DEFAULT = TrainConfig(blackbox="", data="")  # every default lives in TrainConfig
 _INT_LISTS = ("upsampler_channels", "small_widths", "mosaic_tiles")
@@ -213,7 +213,7 @@ def train(
     Ctrl-C saves and stops; --resume OUT continues. Under torchrun (torchrun --nproc-per-node N
     -m rtsal train ...) the processes share each global batch of --batch-size images.
     """
-    from rtsal.trainer import TrainConfig, Trainer, resume_trainer
+    from rtsal.trainer import Trainer, resume_trainer
 
     if resume is not None:
         trainer = resume_trainer(resume, **({"steps": steps} if steps is not None else {}))
@@ -234,8 +234,6 @@ def train(
 
 def _given_options(ctx: typer.Context) -> dict[str, Any]:
     """The TrainConfig fields set on the command line (not left at their defaults), typed."""
-    from rtsal.trainer import TrainConfig
-
     names = {f.name for f in fields(TrainConfig)}
     given = {}
     for name, value in ctx.params.items():
