@@ -222,6 +222,32 @@ def test_gradcam_agrees_with_pytorch_grad_cam(model, images):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_gradcam_minmax_matches_pytorch_grad_cam_values(model, images):
+    """normalize="minmax" rescales like pytorch-grad-cam: the same values, not only the same
+    ranking, so a 0.5 threshold marks the same pixels."""
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    box = black_box(model)
+    classes = top_classes(box, images)
+    method = GradCAMMethod(box, normalize="minmax")
+    ours = method.explain(images, classes)[:, 0].detach()  # (B, H, W)
+    by_max = GradCAMMethod(box).explain(images, classes)[:, 0].detach()
+    floor = by_max.flatten(1).amin(1).view(-1, 1, 1)
+    assert torch.allclose(ours, (by_max - floor) / (1 - floor), atol=1e-5)  # by hand
+    layer = box.network.get_submodule(method.resolve_target_layer(images))
+    x = images.clone().requires_grad_(True)
+    with GradCAM(model=box, target_layers=[layer]) as cam:
+        theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+    theirs = torch.from_numpy(theirs)
+    assert (ours - theirs).abs().mean() < 0.02
+    assert ((ours > 0.5) != (theirs > 0.5)).float().mean() < 0.02
+    with pytest.raises(RtsalError, match="minmax"):
+        GradCAMMethod(box, normalize="mean")
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_gradient_agrees_with_captum_saliency(model, images):
     pytest.importorskip("captum")
     from captum.attr import Saliency

@@ -76,6 +76,9 @@ class GradCAMMethod:
             ``network.named_modules()``, e.g. ``"layer4"``. Its output must be a feature map
             (B, K, h, w). Default: the module producing the last spatial feature map (see
             :func:`default_target_layer`), found with one probe pass on the first call.
+        normalize: ``"max"`` (default) divides each map by its maximum; ``"minmax"`` first
+            subtracts its minimum, as pytorch-grad-cam does (same ranking of pixels, but a map
+            whose floor is above zero marks fewer pixels above a threshold such as 0.5).
 
     ``mask = scale(upsample(ReLU(sum_k alpha_k A^k)))`` with ``alpha_k`` the spatial mean of
     ``d logit_c / d A^k``, bilinear upsampling to the image size, and each map divided by its own
@@ -86,7 +89,12 @@ class GradCAMMethod:
     operations cannot alter the saved activations; the hook is removed before ``explain`` returns.
     """
 
-    def __init__(self, black_box: Any, target_layer: str | None = None) -> None:
+    def __init__(
+        self, black_box: Any, target_layer: str | None = None, normalize: str = "max"
+    ) -> None:
+        if normalize not in ("max", "minmax"):
+            raise RtsalError(f"Grad-CAM normalize must be max or minmax, not {normalize!r}")
+        self.normalize = normalize
         self.black_box = black_box
         self.network = _network(black_box)
         modules = dict(self.network.named_modules())
@@ -128,4 +136,6 @@ class GradCAMMethod:
         alpha = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
         cam = F.relu((alpha * activations.detach()).sum(dim=1, keepdim=True))  # (B, 1, h, w)
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if self.normalize == "minmax":
+            cam = cam - cam.flatten(1).amin(1).view(-1, 1, 1, 1)
         return scale_by_max(cam)  # (B, 1, H, W)
