@@ -30,6 +30,7 @@ from results import write_section  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--holdout", required=True, help="a run's holdout-labels.tsv (path, class)")
+    ap.add_argument("--root", default=None, help="folder that relative paths in --holdout are in")
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--checkpoint", action="append", default=[], help="masking model(s) to score")
@@ -47,7 +48,8 @@ def main() -> None:
 
     keep_freed_memory()
     rows_in = [line.split("\t") for line in Path(a.holdout).read_text().splitlines() if line]
-    samples = [(Path(p), int(c)) for p, c in rows_in]
+    root = Path(a.root).expanduser() if a.root else Path()
+    samples = [(root / p, int(c)) for p, c in rows_in]
     cases = mosaic_cases(samples, a.count, seed=a.seed)
     size = (a.size, a.size)
 
