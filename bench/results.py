@@ -132,8 +132,8 @@ def boxes_table(rows: list[dict]) -> str:
         return f"{100 * (1 - r['max_box_acc']):.1f} ({r['max_box_acc_threshold']:.2f})"
 
     body = "".join(
-        f"| {r['method']} | {r['images']} | {pct(r['localization_error'])} | {best(r)} | "
-        f"{pct(r['max_box_acc_v2'])} | {num(r['saliency'])} | {pct(r.get('pointing'))} | "
+        f"| {r['method']} | {r['images']} | {pct(r.get('localization_error'))} | {best(r)} | "
+        f"{pct(r.get('max_box_acc_v2'))} | {num(r.get('saliency'))} | {pct(r.get('pointing'))} | "
         f"{num(r.get('deletion'))} | {num(r.get('insertion'))} | "
         f"{num(r['p_image_times_mask'])} | {num(r['p_image_times_inverse'])} | "
         f"{num(r['area'])} | {num(r.get('area_absent'))} |\n"
