@@ -17,7 +17,7 @@ from rtsal.checkpoint import default_checkpoint
 from rtsal.classes import ClassResolver
 from rtsal.errors import RtsalError
 from rtsal.images import fit_size, pil_to_tensor
-from rtsal.model import EncoderFeatures
+from rtsal.model import TOP1
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Explainer:
 
     @property
     def shared_encoder(self) -> bool:
-        return self.model is not None and self.model.config.encoder == "blackbox"
+        return self.model is not None and self.model.shared_encoder
 
     @torch.inference_mode()
     def masks(
@@ -159,12 +159,13 @@ class Explainer:
             classes = logits.argmax(1) if classes is None else classes.to(self.device)
             return mask, logits, classes
         if self.model is not None:
+            wanted = x.new_full(x.shape[:1], TOP1, dtype=torch.long) if classes is None else classes
             with self._autocast():
-                feats = self.model.encode(x, with_logits=self.shared_encoder)
-                logits = (feats.logits if self.shared_encoder else self.black_box(x)).float()
-                classes = logits.argmax(1) if classes is None else classes.to(self.device)
-                mask = self.model.decode(feats, classes, x.shape[-2:]).mask.float()
-            return mask, logits, classes
+                feats = self.model.encode_and_classify(x, self.black_box)
+                mask, classes = self.model.masks_for_classes(
+                    feats, wanted.to(self.device), x.shape[-2:]
+                )
+            return mask.float(), feats.logits.float(), classes
         logits = self.black_box(x)
         classes = logits.argmax(1) if classes is None else classes.to(self.device)
         return self.method.explain(x, classes), logits, classes
@@ -202,8 +203,8 @@ class Explainer:
             logits = _log_probabilities(probs)
         elif self.model is not None:
             with self._autocast():
-                feats = self.model.encode(x, with_logits=self.shared_encoder)
-                logits = (feats.logits if self.shared_encoder else self.black_box(x)).float()
+                feats = self.model.encode_and_classify(x, self.black_box)
+            logits = feats.logits.float()
         else:
             logits = self.black_box(x)
         chosen = self.select_classes(logits, classes, topk)
@@ -216,10 +217,10 @@ class Explainer:
                 m = top1_masks[img_idx]
             else:
                 m, _ = self.onnx(xb, cb)
-        elif feats is not None:
-            rows = EncoderFeatures([t[img_idx] for t in feats.skips], feats.coarsest[img_idx])
+        elif feats is not None:  # the encoder's features repeated once per class
             with self._autocast():
-                m = self.model.decode(rows, cb, x.shape[-2:]).mask.float()
+                m, _ = self.model.masks_for_classes(feats, cb, x.shape[-2:], image_index=img_idx)
+            m = m.float()
         else:
             m = self.method.explain(xb, cb)
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from rtsal import __version__
 from rtsal.errors import RtsalError, UnknownNameError
+from rtsal.model import TOP1
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {
@@ -54,7 +55,7 @@ class ExportableMasker(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.black_box = black_box.eval()
-        self.shared_encoder = model.config.encoder == "blackbox"
+        self.shared_encoder = bool(model.shared_encoder)
         self.meta: dict[str, Any] = {}
         self.source = ""
         self.train(False)
@@ -88,25 +89,25 @@ class ExportableMasker(nn.Module):
     def size_multiple(self) -> int:
         return int(getattr(self.model.encoder, "coarsest_stride", 1))
 
-    def _encode(self, images: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        feats = self.model.encode(images, with_logits=self.shared_encoder)
-        return feats, feats.logits if self.shared_encoder else self.black_box(images)
+    def explain(
+        self, images: torch.Tensor, classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mask, probabilities and the classes explained; class -1 (``TOP1``) asks for that
+        image's top-1 class (one backbone pass either way)."""
+        feats = self.model.encode_and_classify(images, self.black_box)
+        mask, classes = self.model.masks_for_classes(feats, classes, images.shape[-2:])
+        return mask, feats.logits.softmax(dim=1), classes
 
     def forward(
         self, images: torch.Tensor, classes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A class id of -1 asks for that image's top-1 class (one backbone pass either way)."""
-        feats, logits = self._encode(images)
-        classes = torch.where(classes < 0, logits.argmax(dim=1), classes)  # (B,)
-        mask = self.model.decode(feats, classes, images.shape[-2:]).mask
-        return mask, logits.softmax(dim=1)
+        """What the exported graph computes: ``(images, classes) -> (mask, probabilities)``."""
+        mask, probs, _ = self.explain(images, classes)
+        return mask, probs
 
     def top1(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mask, probabilities and class for each image's top-1 class (one encoder pass)."""
-        feats, logits = self._encode(images)
-        classes = logits.argmax(dim=1)
-        mask = self.model.decode(feats, classes, images.shape[-2:]).mask
-        return mask, logits.softmax(dim=1), classes
+        return self.explain(images, images.new_full(images.shape[:1], TOP1, dtype=torch.long))
 
 
 @dataclass

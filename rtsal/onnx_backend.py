@@ -16,6 +16,7 @@ import torch
 
 from rtsal import __version__
 from rtsal.errors import RtsalError
+from rtsal.model import TOP1
 
 
 def cached_export_path(checkpoint: Path, cache: Path | None = None) -> Path:
@@ -72,7 +73,7 @@ class OnnxMasker:
         or None for each image's top-1 -> mask (B, 1, H, W), probabilities (B, K)."""
         x = images.detach().float().cpu().contiguous().numpy()
         if classes is None:
-            c = np.full((x.shape[0],), -1, dtype=np.int64)
+            c = np.full((x.shape[0],), TOP1, dtype=np.int64)
         else:
             c = classes.detach().cpu().long().reshape(-1).numpy()
         mask, probs = self.session.run(["mask", "probabilities"], {"images": x, "classes": c})
