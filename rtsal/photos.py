@@ -64,6 +64,14 @@ def difference_hash(im: Image.Image) -> int:
     return int(sum(1 << i for i, b in enumerate(bits) if b))
 
 
+def colour_code(im: Image.Image) -> int:
+    """The photo's mean colour in 16 levels per channel (12 bits): two photos with the same
+    difference hash are duplicates only when their colours agree too (flat images of different
+    colours share the hash 0)."""
+    r, g, b = (int(v) // 16 for v in np.asarray(im.convert("RGB").resize((8, 8))).mean((0, 1)))
+    return (r << 8) | (g << 4) | b
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bit differences between every hash of ``a`` (N,) and ``b`` (M,) -> (N, M)."""
     x = np.bitwise_xor(a[:, None].astype(np.uint64), b[None, :].astype(np.uint64))
@@ -78,6 +86,7 @@ class PhotoInfo:
     hash: int
     label: int | None = None
     confidence: float | None = None
+    colour: int | None = None
 
 
 @dataclass
@@ -167,7 +176,9 @@ def index_photos(
     for p in paths:
         row = index.get(p)
         if row is not None and (black_box is None or row.get("label") is not None):
-            infos[p] = PhotoInfo(p, int(row["hash"]), row.get("label"), row.get("confidence"))
+            infos[p] = PhotoInfo(
+                p, int(row["hash"]), row.get("label"), row.get("confidence"), row.get("colour")
+            )
         else:
             todo.append(p)
     bad: list[Path] = []
@@ -201,9 +212,9 @@ def index_photos(
                 labels = [int(i) for i in top.indices]
                 conf = [round(float(v), 5) for v in top.values]
             for (p, im), lab, c in zip(decoded, labels, conf, strict=True):
-                info = PhotoInfo(p, difference_hash(im), lab, c)
+                info = PhotoInfo(p, difference_hash(im), lab, c, colour_code(im))
                 infos[p] = info
-                row = {"key": PhotoIndex.key(p), "hash": str(info.hash)}
+                row = {"key": PhotoIndex.key(p), "hash": str(info.hash), "colour": info.colour}
                 if lab is not None:
                     row.update(label=lab, confidence=c)
                 rows.append(row)
@@ -290,12 +301,13 @@ def select_training_photos(
             sel.excluded_paths += [kept[i][0] for i in np.flatnonzero(near)]
             keep &= ~near
     if dedup:
-        seen: set[int] = set()
-        for i, h in enumerate(hashes.tolist()):
-            if keep[i] and h in seen:
+        seen: set[tuple[int, int | None]] = set()
+        for i, (p, _) in enumerate(kept):
+            key = (by_path[p].hash, by_path[p].colour)
+            if keep[i] and key in seen:
                 keep[i] = False
                 sel.duplicates += 1
-            seen.add(int(h))
+            seen.add(key)
     for i, (p, lab) in enumerate(kept):
         if not keep[i]:
             continue

@@ -189,3 +189,13 @@ def test_black_box_labels_match_its_top1_on_real_photos(tmp_path):
 def test_blackbox_labels_only_for_training(tmp_path):
     with pytest.raises(DataError, match="applies to training"):
         open_dataset(str(tmp_path), labels="blackbox", resolver=object())
+
+
+def test_flat_images_of_different_colours_are_not_duplicates(tmp_path):
+    data = tmp_path / "flat"
+    data.mkdir()
+    for i, rgb in enumerate([(200, 0, 0), (0, 200, 0), (200, 0, 0)]):
+        Image.new("RGB", (20, 20), rgb).save(data / f"{i}.png")
+    sel = select_training_photos(data, labels="blackbox", black_box=_FakeBox(), min_confidence=0)
+    assert sel.duplicates == 1  # the second red one
+    assert sorted(p.name for p, _ in sel.samples) == ["0.png", "1.png"]
