@@ -43,12 +43,17 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # --------------------------------------------------------------------------- the paper's protocol
 
 
+def mask_box(mask: torch.Tensor | np.ndarray, threshold: float = 0.5) -> Box | None:
+    """The tightest box around all pixels of one mask ((H, W) or (1, H, W)) above
+    ``threshold``; None when there are none."""
+    return threshold_box(torch.as_tensor(_map32(mask)), threshold)
+
+
 def mask_boxes(
     masks: Iterable[torch.Tensor | np.ndarray], threshold: float = 0.5
 ) -> list[Box | None]:
-    """Per mask ((H, W) or (1, H, W)), the tightest box around all pixels above ``threshold``;
-    None when there are none. A batch (B, 1, H, W) iterates as B masks."""
-    return [threshold_box(torch.as_tensor(_map32(m)), threshold) for m in masks]
+    """:func:`mask_box` of each mask; a batch (B, 1, H, W) iterates as B masks."""
+    return [mask_box(m, threshold) for m in masks]
 
 
 def _map32(mask: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -65,20 +70,54 @@ def _check_lengths(pred: Sequence[Any], gt: Sequence[Sequence[Box]]) -> None:
             raise ValueError(f"image {i} has no ground-truth box")
 
 
+def best_iou(box: Box | None, gt_boxes: Sequence[Box]) -> float:
+    """The highest IoU of ``box`` with any of ``gt_boxes``; 0 for no box (or no ground truth)."""
+    if box is None:
+        return 0.0
+    return max((box_iou(box, g) for g in gt_boxes), default=0.0)
+
+
+def localisation_hit(box: Box | None, gt_boxes: Sequence[Box], iou_threshold: float = 0.5) -> bool:
+    """One image: the predicted box has IoU > ``iou_threshold`` with any ground-truth box; no
+    box (an empty mask) is wrong. Dabkowski & Gal 2017, Section 5.1."""
+    return box is not None and best_iou(box, gt_boxes) > iou_threshold
+
+
 def localisation_correct(
     pred_boxes: Sequence[Box | None],
     gt_boxes_per_image: Sequence[Sequence[Box]],
     iou_threshold: float = 0.5,
 ) -> list[bool]:
-    """Per image: the predicted box has IoU > ``iou_threshold`` with any ground-truth box.
-
-    A prediction of None (an empty mask) is wrong. Dabkowski & Gal 2017, Section 5.1.
-    """
+    """:func:`localisation_hit` per image."""
     _check_lengths(pred_boxes, gt_boxes_per_image)
     return [
-        box is not None and any(box_iou(box, g) > iou_threshold for g in gts)
+        localisation_hit(box, gts, iou_threshold)
         for box, gts in zip(pred_boxes, gt_boxes_per_image, strict=True)
     ]
+
+
+class LocalisationError:
+    """The localisation error one image at a time: ``update`` with each image's predicted box
+    and ground-truth boxes, ``compute`` for the fraction wrong."""
+
+    def __init__(self, iou_threshold: float = 0.5):
+        self.iou_threshold = iou_threshold
+        self.images = 0
+        self.wrong = 0
+
+    def update(self, box: Box | None, gt_boxes: Sequence[Box]) -> bool:
+        """Score one image; whether its box is right."""
+        if len(gt_boxes) == 0:
+            raise ValueError("an image has no ground-truth box")
+        hit = localisation_hit(box, gt_boxes, self.iou_threshold)
+        self.images += 1
+        self.wrong += not hit
+        return hit
+
+    def compute(self) -> float:
+        if not self.images:
+            raise ValueError("no images to evaluate")
+        return self.wrong / self.images
 
 
 def localisation_error(
@@ -86,14 +125,15 @@ def localisation_error(
     gt_boxes_per_image: Sequence[Sequence[Box]],
     iou_threshold: float = 0.5,
 ) -> float:
-    """Fraction of images whose predicted box is wrong (see ``localisation_correct``).
+    """Fraction of images whose predicted box is wrong (see :func:`localisation_hit`).
 
     The paper reports it in percent: 36.7 % for the masking model on ImageNet val (ResNet-50).
     """
-    correct = localisation_correct(pred_boxes, gt_boxes_per_image, iou_threshold)
-    if not correct:
-        raise ValueError("no images to evaluate")
-    return 1.0 - sum(correct) / len(correct)
+    _check_lengths(pred_boxes, gt_boxes_per_image)
+    error = LocalisationError(iou_threshold)
+    for box, gts in zip(pred_boxes, gt_boxes_per_image, strict=True):
+        error.update(box, gts)
+    return error.compute()
 
 
 # --------------------------------------------------------------------------- MaxBoxAcc
@@ -173,6 +213,86 @@ class MaxBoxAccResult:
         return {"max_box_acc": self.value, "images": self.images, "per_iou": per_iou}
 
 
+V2_IOU_THRESHOLDS = (0.3, 0.5, 0.7)  # MaxBoxAccV2 averages over these
+
+
+def max_box_hits(
+    mask: torch.Tensor | np.ndarray,
+    gt_boxes: Sequence[Box],
+    thresholds: np.ndarray,
+    iou_thresholds: Sequence[float],
+    *,
+    all_components: bool = False,
+) -> np.ndarray:
+    """One image of MaxBoxAcc: at each IoU threshold δ and mask threshold τ, whether a box of
+    ``mask > τ`` has IoU >= δ with a ground-truth box; (len(iou_thresholds), len(thresholds))
+    bool. The box is the largest 8-connected component's, or with ``all_components`` the best
+    of all components'. No pixel above τ is wrong. The mask is thresholded as given (in float32):
+    normalise it first (:func:`normalize_map`) for the protocol."""
+    m = _map32(mask)
+    hits = np.zeros((len(iou_thresholds), len(thresholds)), dtype=bool)
+    for j, tau in enumerate(thresholds):
+        slices, sizes = _component_slices(m > np.float32(tau))
+        if not slices:
+            continue
+        chosen = slices if all_components else [slices[int(np.argmax(sizes))]]
+        iou = max(box_iou(_slice_box(s), g) for s in chosen for g in gt_boxes)
+        hits[:, j] = [iou >= delta for delta in iou_thresholds]
+    return hits
+
+
+class MaxBoxAccuracy:
+    """MaxBoxAcc (Choe et al., CVPR 2020) one image at a time: ``update`` with each mask and its
+    ground-truth boxes, ``compute`` for the :class:`MaxBoxAccResult`. Arguments as
+    :func:`max_box_accuracy`; :meth:`v2` gives MaxBoxAccV2."""
+
+    def __init__(
+        self,
+        *,
+        thresholds: Sequence[float] | np.ndarray | None = None,
+        iou_thresholds: Sequence[float] = (0.5,),
+        all_components: bool = False,
+        normalize: bool = True,
+    ):
+        grid = threshold_grid() if thresholds is None else thresholds
+        self.thresholds = np.asarray(grid, dtype=np.float64)
+        self.iou_thresholds = tuple(float(d) for d in iou_thresholds)
+        self.all_components = all_components
+        self.normalize = normalize
+        self.correct = np.zeros((len(self.iou_thresholds), len(self.thresholds)), dtype=np.int64)
+        self.images = 0
+
+    @classmethod
+    def v2(
+        cls, *, thresholds: Sequence[float] | np.ndarray | None = None, normalize: bool = True
+    ) -> MaxBoxAccuracy:
+        """MaxBoxAccV2: IoU thresholds 0.3, 0.5, 0.7, the best box among all components."""
+        return cls(
+            thresholds=thresholds,
+            iou_thresholds=V2_IOU_THRESHOLDS,
+            all_components=True,
+            normalize=normalize,
+        )
+
+    def update(self, mask: torch.Tensor | np.ndarray, gt_boxes: Sequence[Box]) -> np.ndarray:
+        """Score one mask; its hits (:func:`max_box_hits`)."""
+        if len(gt_boxes) == 0:
+            raise ValueError("an image has no ground-truth box")
+        m = normalize_map(mask) if self.normalize else mask
+        hits = max_box_hits(
+            m, gt_boxes, self.thresholds, self.iou_thresholds, all_components=self.all_components
+        )
+        self.correct += hits
+        self.images += 1
+        return hits
+
+    def compute(self) -> MaxBoxAccResult:
+        if not self.images:
+            raise ValueError("no images to evaluate")
+        accuracy = self.correct / self.images
+        return MaxBoxAccResult(self.thresholds, self.iou_thresholds, accuracy, self.images)
+
+
 def max_box_accuracy(
     masks: Iterable[torch.Tensor | np.ndarray],
     gt_boxes_per_image: Sequence[Sequence[Box]],
@@ -198,23 +318,17 @@ def max_box_accuracy(
     W - 1 and scores boxes as inclusive); an empty threshold gives no box rather than the box
     (0, 0, 0, 0).
     """
-    grid = threshold_grid() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    ious = tuple(float(d) for d in iou_thresholds)
-    maps = [normalize_map(m) if normalize else _map32(m) for m in masks]
-    _check_lengths(maps, gt_boxes_per_image)
-    if not maps:
-        raise ValueError("no images to evaluate")
-    correct = np.zeros((len(ious), len(grid)), dtype=np.int64)
-    for m, gts in zip(maps, gt_boxes_per_image, strict=True):
-        for j, tau in enumerate(grid):
-            slices, sizes = _component_slices(m > np.float32(tau))
-            if not slices:
-                continue
-            chosen = slices if all_components else [slices[int(np.argmax(sizes))]]
-            best_iou = max(box_iou(_slice_box(s), g) for s in chosen for g in gts)
-            for i, delta in enumerate(ious):
-                correct[i, j] += best_iou >= delta
-    return MaxBoxAccResult(grid, ious, correct / len(maps), len(maps))
+    masks = list(masks)
+    _check_lengths(masks, gt_boxes_per_image)
+    acc = MaxBoxAccuracy(
+        thresholds=thresholds,
+        iou_thresholds=iou_thresholds,
+        all_components=all_components,
+        normalize=normalize,
+    )
+    for m, gts in zip(masks, gt_boxes_per_image, strict=True):
+        acc.update(m, gts)
+    return acc.compute()
 
 
 def max_box_accuracy_v2(
@@ -230,7 +344,7 @@ def max_box_accuracy_v2(
         masks,
         gt_boxes_per_image,
         thresholds=thresholds,
-        iou_thresholds=(0.3, 0.5, 0.7),
+        iou_thresholds=V2_IOU_THRESHOLDS,
         all_components=True,
         normalize=normalize,
     )

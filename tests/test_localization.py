@@ -10,11 +10,16 @@ import torch
 
 from rtsal.errors import DataError
 from rtsal.localization import (
+    LocalisationError,
+    MaxBoxAccuracy,
+    best_iou,
     boxes_for,
     component_boxes,
     largest_component_box,
     localisation_correct,
     localisation_error,
+    localisation_hit,
+    mask_box,
     mask_boxes,
     max_box_accuracy,
     max_box_accuracy_v2,
@@ -162,6 +167,53 @@ def test_max_box_acc_options():
         [torch.full((1, 8, 8), 0.7)], [[(0, 0, 8, 8)]], thresholds=[0.5, 0.75], normalize=False
     )
     np.testing.assert_allclose(res.accuracy[0], [1.0, 0.0])
+
+
+def test_one_image_at_a_time_as_the_scorer_streams():
+    # mask box (0, 0, 16, 12) against GT A (0, 0, 10, 10): IoU 100/192 = 0.521; against GT B
+    # (0, 0, 16, 6): IoU 96/192 = 0.5 exactly; the best of the two is 0.521 > 0.5 -> right
+    m = rect_mask(20, (0, 0, 16, 12, 0.9))
+    box = mask_box(m)
+    assert box == (0, 0, 16, 12)
+    assert best_iou(box, [(0, 0, 10, 10), (0, 0, 16, 6)]) == pytest.approx(100 / 192)
+    assert best_iou(box, [(0, 0, 16, 6)]) == 0.5 and best_iou(None, [(0, 0, 16, 6)]) == 0.0
+    assert localisation_hit(box, [(0, 0, 10, 10), (0, 0, 16, 6)])
+    assert not localisation_hit(box, [(0, 0, 16, 6)])  # 0.5 is not above 0.5
+    assert not localisation_hit(None, [(0, 0, 16, 6)])
+    # three images, one wrong: error 1/3 (the count of wrong ones over the images, as a mean of
+    # 0/1 would give: 1/3, not 1 - 2/3, which differ in the last bit)
+    gts = [[(0, 0, 16, 12)], [(0, 0, 16, 6)], [(0, 0, 16, 13)]]  # IoU 1, 0.5, 192/208
+    error = LocalisationError()
+    assert [error.update(box, g) for g in gts] == [True, False, True]
+    assert error.compute() == 1 / 3
+    assert localisation_error([box] * 3, gts) == 1 / 3
+    with pytest.raises(ValueError, match="no images"):
+        LocalisationError().compute()
+
+
+def test_max_box_accuracy_one_image_at_a_time():
+    # normalised, the mask is 0.5 on blob A (0, 0, 10, 10) and 1 on blob B (16, 16, 20, 20):
+    # tau 0 and 0.25 keep both blobs (largest A), tau 0.5 and 0.75 keep B alone
+    m = rect_mask(20, (0, 0, 10, 10, 0.5), (16, 16, 20, 20, 1.0))
+    acc = MaxBoxAccuracy(thresholds=[0.0, 0.25, 0.5, 0.75], iou_thresholds=(0.5,))
+    hits = acc.update(m, [(0, 0, 10, 10)])  # right while A is the largest component
+    np.testing.assert_array_equal(hits, [[True, True, False, False]])
+    hits = acc.update(m, [(16, 16, 20, 20)])  # right once B is alone
+    np.testing.assert_array_equal(hits, [[False, False, True, True]])
+    res = acc.compute()
+    np.testing.assert_allclose(res.accuracy, [[0.5, 0.5, 0.5, 0.5]])
+    assert res.images == 2 and res.value == 0.5
+    # V2 (best of all components): at tau 0 and 0.25, B's own box counts for the second image
+    v2 = MaxBoxAccuracy.v2(thresholds=[0.0, 0.25, 0.5, 0.75])
+    v2.update(m, [(0, 0, 10, 10)])
+    v2.update(m, [(16, 16, 20, 20)])
+    np.testing.assert_allclose(v2.compute().accuracy, [[1, 1, 0.5, 0.5]] * 3)
+    batch = max_box_accuracy_v2(
+        [m, m], [[(0, 0, 10, 10)], [(16, 16, 20, 20)]], thresholds=v2.thresholds
+    )
+    np.testing.assert_array_equal(batch.accuracy, v2.compute().accuracy)
+    with pytest.raises(ValueError, match="no ground-truth box"):
+        acc.update(m, [])
 
 
 def test_resize_box_and_mask_array():
