@@ -240,6 +240,28 @@ class PointingResult:
         return {"accuracy": self.accuracy, "hits": self.hits, "misses": self.misses}
 
 
+class PointingGame:
+    """The pointing game one image at a time: ``update`` with each mask and its ground-truth
+    boxes, ``compute`` for the :class:`PointingResult`."""
+
+    def __init__(self, tolerance: float = POINTING_TOLERANCE):
+        self.tolerance = tolerance
+        self.hits = 0
+        self.misses = 0
+
+    def update(self, mask: torch.Tensor | np.ndarray, gt_boxes: Sequence[Box]) -> bool:
+        """Score one mask (:func:`pointing_hit`); whether it hits."""
+        if len(gt_boxes) == 0:
+            raise ValueError("an image has no ground-truth box")
+        hit = pointing_hit(mask, gt_boxes, self.tolerance)
+        self.hits += hit
+        self.misses += not hit
+        return hit
+
+    def compute(self) -> PointingResult:
+        return PointingResult(self.hits, self.misses)
+
+
 def pointing_game(
     masks: Iterable[torch.Tensor | np.ndarray],
     gt_boxes_per_image: Sequence[Sequence[Box]],
@@ -255,8 +277,7 @@ def pointing_game(
     for i, boxes in enumerate(gt_boxes_per_image):
         if len(boxes) == 0:
             raise ValueError(f"image {i} has no ground-truth box")
-    hits = sum(
-        pointing_hit(m, boxes, tolerance)
-        for m, boxes in zip(masks, gt_boxes_per_image, strict=True)
-    )
-    return PointingResult(hits, len(masks) - hits)
+    game = PointingGame(tolerance)
+    for m, boxes in zip(masks, gt_boxes_per_image, strict=True):
+        game.update(m, boxes)
+    return game.compute()

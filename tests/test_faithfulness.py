@@ -8,6 +8,7 @@ from torch import nn
 
 from rtsal.blackbox import BlackBox
 from rtsal.faithfulness import (
+    PointingGame,
     baseline_image,
     box_distance,
     chunk_ends,
@@ -50,6 +51,21 @@ def test_ranks_follow_saliency_with_ties_in_raster_order():
     assert saliency_ranks(torch.ones(1, 1, 2, 2), (2, 2)).tolist() == [[0, 1, 2, 3]]
     assert chunk_ends(4, 4) == [0, 1, 2, 3, 4]
     assert chunk_ends(4, 3) == [0, 1, 2, 4]  # floor(k * 4 / 3)
+
+
+def test_ranks_of_a_mask_smaller_than_the_image():
+    # the scorer's masks are at the image's resolution, the black box's input at its own: the
+    # ranks resize bilinearly (align_corners=False). A 1 x 2 mask [1, 0] to 2 x 4: column x
+    # samples the mask at (x + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 (clamped to [0, 1]),
+    # i.e. 1, 0.75, 0.25, 0 on both rows; ties in raster order
+    ranks = saliency_ranks(torch.tensor([[[[1.0, 0.0]]]]), (2, 4))
+    assert ranks.tolist() == [[0, 2, 4, 6, 1, 3, 5, 7]]
+    # deletion on a white 2 x 4 image with that mask: 4 steps remove the columns left to right,
+    # p = the mean of what is left: 1, 3/4, 1/2, 1/4, 0 -> AUC 0.25 * (1/2 + 3/2 + 0/2) = 0.5
+    image = torch.ones(1, 1, 2, 4)
+    res = deletion_curve(brightness_box(), image, torch.tensor([[[[1.0, 0.0]]]]), CLS, steps=4)
+    torch.testing.assert_close(res.probabilities[0], torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    assert res.mean_auc == pytest.approx(0.5, abs=1e-5)
 
 
 def test_deletion_to_zeros_by_hand():
@@ -135,6 +151,20 @@ def test_pointing_game_by_hand():
     # without tolerance only (5, 5) hits -> 1/4; a second box can turn a miss into a hit
     assert pointing_game(masks, [gt] * 4, tolerance=0).accuracy == 0.25
     assert pointing_hit(peak(25, 5), [gt[0], (20, 0, 30, 10)], tolerance=0)
+
+
+def test_pointing_game_one_image_at_a_time():
+    gt = [(0, 0, 10, 10)]
+    m = torch.zeros(40, 40)
+    m[5, 24] = 1.0  # (24, 5): 15 px from the box -> hit
+    game = PointingGame()
+    assert game.update(m, gt) is True
+    m = torch.zeros(40, 40)
+    m[5, 25] = 1.0  # (25, 5): 16 px -> miss
+    assert game.update(m, gt) is False
+    assert game.compute().to_dict() == {"accuracy": 0.5, "hits": 1, "misses": 1}
+    with pytest.raises(ValueError, match="no ground-truth box"):
+        game.update(m, [])
 
 
 def test_pointing_game_ties_and_inputs():
