@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -132,6 +132,44 @@ class PixelMetrics:
         }
 
 
+class PixelScores(NamedTuple):
+    """One image's max F_β (the maximum of its own F curve) and MAE."""
+
+    max_f: float
+    mae: float
+
+
+class PixelMaskEvaluation:
+    """PR and F curves and MAE one image at a time: ``update`` with each map and its
+    ground-truth mask, ``compute`` for the :class:`PixelMetrics` (curves and MAE averaged over
+    the images)."""
+
+    def __init__(self, *, beta2: float = BETA2, normalize: bool = True):
+        self.beta2 = beta2
+        self.normalize = normalize
+        self.images = 0
+        self.curve_sums = np.zeros((3, LEVELS))  # running sums of the P, R and F curves
+        self.mae_sum = 0.0
+
+    def update(
+        self, saliency: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray
+    ) -> PixelScores:
+        """Score one map (the size of its mask)."""
+        p, r = precision_recall_curve(saliency, gt, normalize=self.normalize)
+        f = f_measure(p, r, self.beta2)
+        mae = mean_absolute_error(saliency, gt, normalize=self.normalize)
+        self.curve_sums += np.stack([p, r, f])
+        self.mae_sum += mae
+        self.images += 1
+        return PixelScores(float(f.max()), mae)
+
+    def compute(self) -> PixelMetrics:
+        if not self.images:
+            raise ValueError("no images to evaluate")
+        p, r, f = self.curve_sums / self.images
+        return PixelMetrics(p, r, f, self.mae_sum / self.images, self.images, self.beta2)
+
+
 def evaluate_pixel_masks(
     saliency_maps: Iterable[torch.Tensor | np.ndarray],
     gt_masks: Iterable[torch.Tensor | np.ndarray],
@@ -142,26 +180,13 @@ def evaluate_pixel_masks(
     """PR and F curves, max F_β and MAE of maps against ground-truth masks (see the module
     docstring for the protocol). Each map must have its mask's size; a batch (B, 1, H, W)
     iterates as B maps."""
-    ps, rs, fs, maes = [], [], [], []
+    evaluation = PixelMaskEvaluation(beta2=beta2, normalize=normalize)
     for i, (m, g) in enumerate(zip(saliency_maps, gt_masks, strict=True)):
         try:
-            p, r = precision_recall_curve(m, g, normalize=normalize)
+            evaluation.update(m, g)
         except ValueError as exc:
             raise ValueError(f"image {i}: {exc}") from None
-        ps.append(p)
-        rs.append(r)
-        fs.append(f_measure(p, r, beta2))
-        maes.append(mean_absolute_error(m, g, normalize=normalize))
-    if not ps:
-        raise ValueError("no images to evaluate")
-    return PixelMetrics(
-        precision=np.mean(ps, axis=0),
-        recall=np.mean(rs, axis=0),
-        f_measure=np.mean(fs, axis=0),
-        mae=float(np.mean(maes)),
-        images=len(ps),
-        beta2=beta2,
-    )
+    return evaluation.compute()
 
 
 def plot_pr_curves(

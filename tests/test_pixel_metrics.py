@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rtsal.pixel_metrics import (
+    PixelMaskEvaluation,
     evaluate_pixel_masks,
     f_measure,
     mean_absolute_error,
@@ -77,6 +78,22 @@ def test_curves_and_mae_are_averaged_over_images():
     assert res.precision[200] == pytest.approx(1.0)  # (1 + 1)/2
     assert res.recall[200] == pytest.approx(0.75)  # (1/2 + 1)/2
     assert res.mae == pytest.approx((1 / 3 + 0) / 2)
+
+
+def test_one_image_at_a_time_as_the_scorer_streams():
+    evaluation = PixelMaskEvaluation()
+    # MAP: max F 0.8125 (thresholds 171..255), MAE 1/3 (see above)
+    scores = evaluation.update(MAP, GT)
+    assert scores.max_f == pytest.approx(0.8125) and scores.mae == pytest.approx(1 / 3)
+    # the second image of the test above: F = 1 at t >= 1, MAE 0
+    map2 = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    scores = evaluation.update(map2, map2 > 0.5)
+    assert (scores.max_f, scores.mae) == (pytest.approx(1.0), 0.0)
+    res = evaluation.compute()
+    assert res.images == 2 and res.max_f == pytest.approx(0.90625)
+    assert res.mae == pytest.approx(1 / 6) and res.best_threshold == 171
+    with pytest.raises(ValueError, match="no images"):
+        PixelMaskEvaluation().compute()
 
 
 def test_empty_prediction_has_precision_zero():
