@@ -2,19 +2,22 @@
 and ``rtsal metric``.
 
 Each image is explained once (for its ground-truth class) and the mask, at the image's own
-resolution, is scored by the metrics asked for:
+resolution, is scored by the metrics asked for, each by the tested function or accumulator of
+its module (one image at a time, so a pass needs no more memory than one image):
 
 - ``localization``: the paper's localisation error (threshold 0.5, tightest box around all pixels
   above it, correct when IoU > 0.5 with any ground-truth box of the class) and MaxBoxAcc V1 / V2
-  over mask thresholds 0, 0.01, ..., 0.99 (see :mod:`rtsal.localization`);
+  over mask thresholds 0, 0.01, ..., 0.99 (:func:`rtsal.localization.mask_box`,
+  :class:`~rtsal.localization.LocalisationError`, :class:`~rtsal.localization.MaxBoxAccuracy`);
 - ``saliency``: the paper's saliency metric (crop the 0.5-threshold box, resize to the black
-  box's input ignoring aspect, ``log(max(a, 0.05)) - log(p)``), with the probabilities on
-  image x mask and image x (1 - mask) and the mask area for the true class and for a seeded
-  absent class;
-- ``pointing``: the pointing game (15 px tolerance);
-- ``deletion`` / ``insertion``: RISE's causal curves at the black box's resolution;
+  box's input ignoring aspect, ``log(max(a, 0.05)) - log(p)``; :func:`rtsal.metrics.
+  saliency_metric`), with the probabilities on image x mask and image x (1 - mask) and the mask
+  area for the true class and for a seeded absent class;
+- ``pointing``: the pointing game, 15 px tolerance (:class:`rtsal.faithfulness.PointingGame`);
+- ``deletion`` / ``insertion``: RISE's causal curves at the black box's resolution
+  (:func:`rtsal.faithfulness.deletion_curve`, :func:`~rtsal.faithfulness.insertion_curve`);
 - ``pixel``: precision-recall over 256 thresholds, max F_beta (beta^2 = 0.3) and MAE against pixel
-  masks (see :mod:`rtsal.pixel_metrics`).
+  masks (:class:`rtsal.pixel_metrics.PixelMaskEvaluation`).
 
 Seconds per image count the explanation alone (the mask for one image and class).
 """
@@ -25,14 +28,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
 
 from rtsal.errors import DataError, RtsalError
-from rtsal.metrics import Box, box_iou
+
+if TYPE_CHECKING:  # torch and numpy are imported when something is scored, not by the CLI
+    import numpy as np
+
+    from rtsal.metrics import Box
+    from rtsal.pixel_metrics import PixelMetrics
 
 METRICS = ("localization", "saliency", "pointing", "deletion", "insertion", "pixel")
 NEEDS_BOXES = {"localization", "pointing"}
@@ -154,7 +158,204 @@ def list_images(root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- scoring
 
 
+def score_method(
+    explainer: Any,
+    samples: Sequence[Sample],
+    metrics: Sequence[str],
+    *,
+    method: str = "masker",
+    steps: int = 50,
+    seed: int = 0,
+    progress: Any = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Score one method on ``samples`` with ``metrics``; per-image rows go to ``on_row`` and the
+    summary (means over images; maxima of mean curves) is returned."""
+    metrics = list(metrics)
+    if method == GT_BOX and any(not s.boxes for s in samples):
+        raise RtsalError(f"{GT_BOX} explains with the ground-truth boxes: give --boxes")
+    if NEEDS_BOXES & set(metrics) and any(not s.boxes for s in samples):
+        raise RtsalError(f"{'/'.join(sorted(NEEDS_BOXES & set(metrics)))} needs boxes (--boxes)")
+    if "pixel" in metrics and any(s.pixel_mask is None for s in samples):
+        raise RtsalError("pixel needs ground-truth masks (--pixel-masks)")
+    if not samples:
+        raise RtsalError("no images to score")
+    scorer = _MethodScorer(explainer, metrics, method=method, steps=steps, seed=seed)
+    task = progress.add_task(f"{method}", total=len(samples)) if progress else None
+    for s in samples:
+        row = scorer.score(s)
+        if on_row:
+            on_row(row)
+        if progress:
+            progress.update(task, advance=1)
+    return scorer.summary()
+
+
+_PROBABILITIES = ("p_image", "p_image_times_mask", "p_image_times_inverse", "area")
+_SALIENCY = ("saliency", "crop_area", "crop_probability", "area_absent")
+
+
+class _Means:
+    """Running means of named values (sums in the order the values come)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, value: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def mean(self, key: str) -> float | None:
+        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
+
+
+class _MethodScorer:
+    """One method's pass over the images: :meth:`score` explains one sample and scores its mask
+    with every metric asked for (the row); :meth:`summary` gives the means and the set-level
+    metrics of the accumulators."""
+
+    def __init__(
+        self, explainer: Any, metrics: Sequence[str], *, method: str, steps: int, seed: int
+    ):
+        import torch
+
+        from rtsal.faithfulness import PointingGame
+        from rtsal.localization import LocalisationError, MaxBoxAccuracy
+        from rtsal.pixel_metrics import PixelMaskEvaluation
+
+        self.explainer = explainer
+        self.metrics = list(metrics)
+        self.method = method
+        self.steps = steps
+        self.generator = torch.Generator().manual_seed(seed)  # the absent classes
+        self.means = _Means()
+        self.localisation = LocalisationError()
+        self.max_box = MaxBoxAccuracy()
+        self.max_box_v2 = MaxBoxAccuracy.v2()
+        self.pointing = PointingGame()
+        self.pixel = PixelMaskEvaluation()
+        self.images = 0
+        self.seconds = 0.0
+
+    def score(self, s: Sample) -> dict[str, Any]:
+        from rtsal.images import load_image
+
+        im = load_image(s.path)
+        t0 = time.perf_counter()
+        (e,) = self.explainer.explain_batch([im], [s.label])[0]
+        self.seconds += time.perf_counter() - t0
+        if self.method == GT_BOX:
+            e = _box_explanation(self.explainer, im, e, s.boxes)
+        mask = e.mask  # (H, W) at the image's resolution
+        row: dict[str, Any] = {
+            "input": str(s.path),
+            "class_index": s.label,
+            "class_name": e.class_name,
+            "p_image": e.p_image,
+            "p_image_times_mask": e.p_preserved,
+            "p_image_times_inverse": e.p_destroyed,
+            "area": e.area,
+        }
+        for k in _PROBABILITIES:
+            self.means.add(k, row[k])
+        if "localization" in self.metrics:
+            row.update(self._localization(mask, s.boxes))
+        if "saliency" in self.metrics:
+            row.update(self._saliency(im, e, s.label))
+        if "pointing" in self.metrics:
+            row["pointing_hit"] = self.pointing.update(mask, s.boxes)
+        if "deletion" in self.metrics or "insertion" in self.metrics:
+            row.update(self._causal(im, mask, s.label))
+        if "pixel" in self.metrics:
+            assert s.pixel_mask is not None
+            scores = self.pixel.update(mask, _load_pixel_mask(s.pixel_mask, tuple(mask.shape)))
+            row.update(max_f_image=scores.max_f, mae=scores.mae)
+        self.images += 1
+        return row
+
+    def _localization(self, mask: Any, boxes: Sequence[Box]) -> dict[str, Any]:
+        from rtsal.localization import best_iou, mask_box
+
+        pred = mask_box(mask, 0.5)
+        self.max_box.update(mask, boxes)
+        self.max_box_v2.update(mask, boxes)
+        return {
+            "box": list(pred) if pred else None,
+            "best_iou": best_iou(pred, boxes),
+            "localized": self.localisation.update(pred, boxes),
+        }
+
+    def _saliency(self, im: Any, e: Any, label: int) -> dict[str, Any]:
+        import torch
+
+        from rtsal.images import pil_to_tensor
+        from rtsal.metrics import saliency_metric, salient_box
+
+        box = self.explainer.black_box
+        sm = saliency_metric(box, pil_to_tensor(im), salient_box(e.mask), label)
+        K = box.num_classes
+        absent = (label + int(torch.randint(1, max(K, 2), (1,), generator=self.generator))) % K
+        (ea,) = self.explainer.explain_batch([im], [absent], with_probabilities=False)[0]
+        row = {
+            "saliency": sm["score"],
+            "crop_area": sm["area"],
+            "crop_probability": sm["probability"],
+            "area_absent": ea.area,
+        }
+        for k in _SALIENCY:
+            self.means.add(k, row[k])
+        self.means.add("keep_ratio", e.p_preserved / max(e.p_image, 1e-12))
+        return row
+
+    def _causal(self, im: Any, mask: Any, label: int) -> dict[str, float]:
+        from rtsal.faithfulness import deletion_curve, insertion_curve
+
+        x = self.explainer.prepare(im)[None]  # (1, C, h, w) at the black box's resolution
+        row = {}
+        for name, curve in (("deletion", deletion_curve), ("insertion", insertion_curve)):
+            if name in self.metrics:
+                # the curve resizes the mask (1, 1, H, W) to x's size, bilinearly
+                c = curve(self.explainer.black_box, x, mask[None, None], [label], steps=self.steps)
+                row[name] = float(c.auc[0])
+                self.means.add(name, row[name])
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        metrics = self.metrics
+        out: dict[str, Any] = {"method": self.method, "images": self.images, "metrics": [*metrics]}
+        for k in _PROBABILITIES:
+            out[k] = self.means.mean(k)
+        if "localization" in metrics:
+            v1, v2 = self.max_box.compute(), self.max_box_v2.compute()
+            out["localization_error"] = self.localisation.compute()
+            out["max_box_acc"] = v1.value
+            out["max_box_acc_threshold"] = float(v1.best_thresholds[0])
+            out["max_box_acc_v2"] = v2.value
+        if "saliency" in metrics:
+            for k in (*_SALIENCY, "keep_ratio"):
+                out[k] = self.means.mean(k)
+        if "pointing" in metrics:
+            out["pointing"] = self.pointing.compute().accuracy
+        for k in ("deletion", "insertion"):
+            if k in metrics:
+                out[k] = self.means.mean(k)
+        if "pixel" in metrics:
+            pm = self.pixel.compute()
+            out["max_f"] = pm.max_f
+            out["max_f_threshold"] = pm.best_threshold
+            out["mae"] = pm.mae
+            out["pr_curve"] = {
+                "precision": pm.precision.tolist(),
+                "recall": pm.recall.tolist(),
+                "f": pm.f_measure.tolist(),
+            }
+        out["seconds_per_image"] = self.seconds / max(self.images, 1)
+        return out
+
+
 def _load_pixel_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -169,191 +370,39 @@ def _load_pixel_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     return gt
 
 
-@dataclass
-class _Totals:
-    n: int = 0
-    seconds: float = 0.0
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    maxbox: dict[str, np.ndarray] = field(default_factory=dict)
-    pr: np.ndarray | None = None  # running sums of the P, R and F curves, (3, 256)
-
-    def add(self, key: str, value: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def mean(self, key: str) -> float | None:
-        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
-
-
-def score_method(
-    explainer: Any,
-    samples: Sequence[Sample],
-    metrics: Sequence[str],
-    *,
-    method: str = "masker",
-    steps: int = 50,
-    seed: int = 0,
-    progress: Any = None,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Score one method on ``samples`` with ``metrics``; per-image rows go to ``on_row`` and the
-    summary (means over images; maxima of mean curves) is returned."""
-    from rtsal.explain import threshold_box
-    from rtsal.faithfulness import deletion_curve, insertion_curve, pointing_hit
-    from rtsal.images import load_image, pil_to_tensor
-    from rtsal.localization import max_box_accuracy
-    from rtsal.metrics import saliency_metric, salient_box
-    from rtsal.pixel_metrics import BETA2, f_measure, mean_absolute_error, precision_recall_curve
-
-    metrics = list(metrics)
-    if method == GT_BOX and any(not s.boxes for s in samples):
-        raise RtsalError(f"{GT_BOX} explains with the ground-truth boxes: give --boxes")
-    if NEEDS_BOXES & set(metrics) and any(not s.boxes for s in samples):
-        raise RtsalError(f"{'/'.join(sorted(NEEDS_BOXES & set(metrics)))} needs boxes (--boxes)")
-    if "pixel" in metrics and any(s.pixel_mask is None for s in samples):
-        raise RtsalError("pixel needs ground-truth masks (--pixel-masks)")
-    if not samples:
-        raise RtsalError("no images to score")
-    box = explainer.black_box
-    K = box.num_classes
-    gen = torch.Generator().manual_seed(seed)
-    t = _Totals()
-    task = progress.add_task(f"{method}", total=len(samples)) if progress else None
-    for s in samples:
-        im = load_image(s.path)
-        t0 = time.perf_counter()
-        (e,) = explainer.explain_batch([im], [s.label])[0]
-        t.seconds += time.perf_counter() - t0
-        if method == GT_BOX:
-            e = _box_explanation(explainer, im, e, s.boxes)
-        mask = e.mask  # (H, W) at the image's resolution
-        row: dict[str, Any] = {
-            "input": str(s.path),
-            "class_index": s.label,
-            "class_name": e.class_name,
-            "p_image": e.p_image,
-            "p_image_times_mask": e.p_preserved,
-            "p_image_times_inverse": e.p_destroyed,
-            "area": e.area,
-        }
-        for k in ("p_image", "p_image_times_mask", "p_image_times_inverse", "area"):
-            t.add(k, row[k])
-        if "localization" in metrics:
-            pred = threshold_box(mask, 0.5)
-            ok = pred is not None and any(box_iou(pred, g) > 0.5 for g in s.boxes)
-            row["box"] = list(pred) if pred else None
-            row["best_iou"] = max((box_iou(pred, g) for g in s.boxes), default=0.0) if pred else 0.0
-            row["localized"] = bool(ok)
-            t.add("localization_error", 0.0 if ok else 1.0)
-            for name, kw in (
-                ("v1", {"iou_thresholds": (0.5,)}),
-                ("v2", {"iou_thresholds": (0.3, 0.5, 0.7), "all_components": True}),
-            ):
-                acc = max_box_accuracy([mask], [s.boxes], **kw).accuracy
-                t.maxbox[name] = t.maxbox.get(name, 0) + acc
-        if "saliency" in metrics:
-            sb = salient_box(mask)
-            sm = saliency_metric(box, pil_to_tensor(im), sb, s.label)
-            absent = (s.label + int(torch.randint(1, max(K, 2), (1,), generator=gen))) % K
-            (ea,) = explainer.explain_batch([im], [absent], with_probabilities=False)[0]
-            row.update(
-                saliency=sm["score"],
-                crop_area=sm["area"],
-                crop_probability=sm["probability"],
-                area_absent=ea.area,
-            )
-            for k in ("saliency", "crop_area", "crop_probability", "area_absent"):
-                t.add(k, row[k])
-            t.add("keep_ratio", e.p_preserved / max(e.p_image, 1e-12))
-        if "pointing" in metrics:
-            row["pointing_hit"] = bool(pointing_hit(mask, s.boxes))
-            t.add("pointing", float(row["pointing_hit"]))
-        if "deletion" in metrics or "insertion" in metrics:
-            x = explainer.prepare(im)[None]
-            m = F.interpolate(
-                mask[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False
-            )
-            for name, fn in (("deletion", deletion_curve), ("insertion", insertion_curve)):
-                if name in metrics:
-                    curve = fn(box, x, m, [s.label], steps=steps)
-                    row[name] = float(curve.auc[0])
-                    t.add(name, row[name])
-        if "pixel" in metrics:
-            assert s.pixel_mask is not None
-            gt = _load_pixel_mask(s.pixel_mask, tuple(mask.shape))
-            p, r = precision_recall_curve(mask, gt)
-            f = f_measure(p, r, BETA2)
-            curves = np.stack([p, r, f])
-            t.pr = curves if t.pr is None else t.pr + curves
-            row["max_f_image"] = float(f.max())
-            row["mae"] = mean_absolute_error(mask, gt)
-            t.add("mae", row["mae"])
-        t.n += 1
-        if on_row:
-            on_row(row)
-        if progress:
-            progress.update(task, advance=1)
-    return _summary(method, metrics, t)
-
-
-@torch.inference_mode()
 def _box_explanation(explainer: Any, im: Any, e: Any, boxes: Sequence[Box]) -> Any:
     """``e`` with the union of ``boxes`` as its mask, and the probabilities recomputed."""
     from dataclasses import replace
 
-    from rtsal.explain import threshold_box
+    import torch
+    import torch.nn.functional as F
 
-    mask = torch.zeros(im.height, im.width)
-    for x0, y0, x1, y1 in boxes:
-        mask[y0:y1, x0:x1] = 1.0
+    from rtsal.boxes import threshold_box
+
     box = explainer.black_box
-    x = explainer.prepare(im)[None]
-    m = F.interpolate(mask[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
     dev = box.mean.device
-    x, m = x.to(dev), m.to(dev)
-    p = box.probabilities(torch.cat([x * m, x * (1 - m)]))[:, e.class_index].tolist()
-    return replace(
-        e,
-        mask=mask,
-        p_preserved=p[0],
-        p_destroyed=p[1],
-        area=float(mask.mean()),
-        box=threshold_box(mask),
-    )
+    with torch.inference_mode():
+        mask = torch.zeros(im.height, im.width)  # (H, W)
+        for x0, y0, x1, y1 in boxes:
+            mask[y0:y1, x0:x1] = 1.0
+        x = explainer.prepare(im)[None]  # (1, C, h, w)
+        m = F.interpolate(mask[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        x, m = x.to(dev), m.to(dev)
+        p = box.probabilities(torch.cat([x * m, x * (1 - m)]))[:, e.class_index].tolist()
+        return replace(
+            e,
+            mask=mask,
+            p_preserved=p[0],
+            p_destroyed=p[1],
+            area=float(mask.mean()),
+            box=threshold_box(mask),
+        )
 
 
-def _summary(method: str, metrics: Sequence[str], t: _Totals) -> dict[str, Any]:
-    out: dict[str, Any] = {"method": method, "images": t.n, "metrics": list(metrics)}
-    for k in ("p_image", "p_image_times_mask", "p_image_times_inverse", "area"):
-        out[k] = t.mean(k)
-    if "localization" in metrics:
-        out["localization_error"] = t.mean("localization_error")
-        v1 = t.maxbox["v1"] / t.n
-        v2 = t.maxbox["v2"] / t.n
-        out["max_box_acc"] = float(v1.max())
-        out["max_box_acc_threshold"] = float(np.argmax(v1[0]) / 100)
-        out["max_box_acc_v2"] = float(v2.max(axis=1).mean())
-    if "saliency" in metrics:
-        for k in ("saliency", "crop_area", "crop_probability", "area_absent", "keep_ratio"):
-            out[k] = t.mean(k)
-    if "pointing" in metrics:
-        out["pointing"] = t.mean("pointing")
-    for k in ("deletion", "insertion"):
-        if k in metrics:
-            out[k] = t.mean(k)
-    if "pixel" in metrics:
-        p, r, f = t.pr / t.n
-        out["max_f"] = float(f.max())
-        out["max_f_threshold"] = int(f.argmax())
-        out["mae"] = t.mean("mae")
-        out["pr_curve"] = {"precision": p.tolist(), "recall": r.tolist(), "f": f.tolist()}
-    out["seconds_per_image"] = t.seconds / max(t.n, 1)
-    return out
-
-
-def pixel_metrics_of(summary: Mapping[str, Any]):
+def pixel_metrics_of(summary: Mapping[str, Any]) -> PixelMetrics:
     """The PR curve of a summary as :class:`rtsal.pixel_metrics.PixelMetrics` (for plotting)."""
+    import numpy as np
+
     from rtsal.pixel_metrics import PixelMetrics
 
     c = summary["pr_curve"]
