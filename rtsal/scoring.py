@@ -20,11 +20,15 @@ its module (one image at a time, so a pass needs no more memory than one image):
   masks (:class:`rtsal.pixel_metrics.PixelMaskEvaluation`).
 
 Seconds per image count the explanation alone (the mask for one image and class).
+
+:func:`run_scoring` is the whole of ``rtsal metric``: it builds the explainer, reads the samples
+(:class:`SampleSource`), scores them (:func:`score_method`) and writes the outputs.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +70,60 @@ def parse_metrics(spec: str | Sequence[str]) -> list[str]:
             "or all"
         )
     return names
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class SampleSource:
+    """The images to score: a folder (``data``) or a file listing paths (``files``), one of
+    them; ground-truth ``boxes`` (their classes are the ones explained, named as ``class_map``
+    says) and ``pixel_masks`` where the metrics need them; ``limit`` samples spread evenly over
+    the list."""
+
+    data: Path | None = None
+    files: Path | None = None
+    boxes: Path | None = None
+    class_map: Path | None = None
+    pixel_masks: Path | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How :func:`run_scoring` explains and scores; the defaults are ``rtsal metric``'s.
+
+    ``metrics`` may be given as ``"saliency,pointing"`` or ``"all"`` (see :func:`parse_metrics`);
+    ``method_options`` are the method's keyword arguments; ``steps`` those of the
+    deletion/insertion curves; ``seed`` draws the absent classes. With ``out``, the per-image
+    rows and the summary go to ``OUT/<method>-<stem>.csv`` and ``.json`` (and the pixel metrics'
+    PR curve to ``OUT/<method>-pr.png`` unless ``pr_png`` names a file)."""
+
+    metrics: tuple[str, ...] = ("saliency",)
+    method: str = "masker"
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    blackbox: str | None = None
+    resize: str = "fit"
+    device: str = "auto"
+    steps: int = 50
+    seed: int = 0
+    out: Path | None = None
+    pr_png: Path | None = None
+    stem: str = "metric"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(parse_metrics(self.metrics)))
+
+
+@dataclass
+class ScoringResult:
+    """What :func:`run_scoring` found: the summary, the per-image rows and the files written."""
+
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    written: list[Path] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- samples
@@ -153,6 +211,131 @@ def list_images(root: Path) -> list[Path]:
     if not found:
         raise DataError(f"no images found in {root}")
     return found
+
+
+def _listed_images(files: Path) -> list[Path]:
+    if not files.is_file():
+        raise DataError(f"file list not found: {files}")
+    return [Path(line.strip()) for line in files.read_text().splitlines() if line.strip()]
+
+
+def spread(items: list, limit: int | None) -> list:
+    """``limit`` items spread evenly over the list (all classes of a sorted folder, not the
+    first one's), in order; all of them without a limit."""
+    if not limit or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def load_samples(source: SampleSource, resolver: Any) -> list[Sample]:
+    """The samples of ``source``, classes resolved by ``resolver`` (a ``ClassResolver``).
+
+    With boxes, one sample per (image, annotated class), and images without boxes are left out
+    (with a warning); without, one per image, its class told by its folder or file name."""
+    from rtsal.labels import labelled_samples
+    from rtsal.localization import read_boxes
+
+    data, files = source.data, source.files
+    if (data is None) == (files is None):
+        raise RtsalError("give exactly one of --data DIR or --files LIST")
+    if source.boxes is None:
+        pairs = labelled_samples(resolver, data=data, files=files)
+        samples = [Sample(p, label) for p, label in pairs]
+        if source.pixel_masks is not None:
+            attach_pixel_masks(samples, source.pixel_masks)
+        return spread(samples, source.limit)
+    mapping = read_class_map(source.class_map) if source.class_map else {}
+    images = list_images(Path(data)) if data is not None else _listed_images(Path(files))
+    samples, missing = annotated_samples(
+        images,
+        read_boxes(source.boxes),
+        lambda name: resolver.resolve(mapping.get(name, name)),
+        pixel_masks=source.pixel_masks,
+    )
+    if missing:
+        warnings.warn(f"{len(missing)} image(s) without boxes left out", stacklevel=2)
+    if not samples:
+        raise RtsalError(f"no image of {data or files} has boxes in {source.boxes}")
+    return spread(samples, source.limit)
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+def run_scoring(
+    source: SampleSource, options: ScoringOptions, *, progress: Any = None
+) -> ScoringResult:
+    """Explain the images of ``source`` with ``options.method`` and score them (``rtsal
+    metric``); ``progress`` is a Rich ``Progress`` to advance, if any."""
+    from rtsal.checkpoint import prepare_out_dir
+
+    metrics = set(options.metrics)
+    if "pixel" in metrics and source.pixel_masks is None:
+        raise RtsalError("the pixel metrics need ground-truth masks: give --pixel-masks DIR")
+    if NEEDS_BOXES & metrics and source.boxes is None:
+        raise RtsalError(f"{'/'.join(sorted(NEEDS_BOXES & metrics))} needs --boxes")
+    if options.pr_png is not None and "pixel" not in metrics:
+        raise RtsalError("--pr-png draws the pixel metrics' PR curve: add pixel to --metrics")
+    out_dir = prepare_out_dir(options.out) if options.out else None
+    explainer = _explainer(options)
+    samples = load_samples(source, explainer.resolver)
+    rows: list[dict[str, Any]] = []
+    summary = score_method(
+        explainer,
+        samples,
+        options.metrics,
+        method=options.method,
+        steps=options.steps,
+        seed=options.seed,
+        progress=progress,
+        on_row=rows.append,
+    )
+    written = _write_outputs(out_dir, options, summary, rows)
+    return ScoringResult(summary, rows, written)
+
+
+def _explainer(options: ScoringOptions) -> Any:
+    from rtsal.blackbox import create_black_box
+    from rtsal.explain import Explainer
+
+    box = create_black_box(options.blackbox) if options.blackbox else None
+    return Explainer(
+        options.checkpoint,
+        black_box=box,
+        device=options.device,
+        resize=options.resize,
+        method="max-box" if options.method == GT_BOX else options.method,  # gt-box: any mask
+        method_options=dict(options.method_options),
+    )
+
+
+def _write_outputs(
+    out_dir: Path | None,
+    options: ScoringOptions,
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+) -> list[Path]:
+    import csv
+    import json
+
+    method, written, pr_png = options.method, [], options.pr_png
+    if out_dir is not None:
+        path = out_dir / f"{method}-{options.stem}.csv"
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        written += [path, path.with_suffix(".json")]
+        if "pixel" in options.metrics and pr_png is None:
+            pr_png = out_dir / f"{method}-pr.png"
+    if pr_png is not None:
+        from rtsal.pixel_metrics import plot_pr_curves
+
+        curves = {method: pixel_metrics_of(summary)}
+        written.append(plot_pr_curves(curves, pr_png, title=f"{method}: PR curve"))
+    return written
 
 
 # --------------------------------------------------------------------------- scoring

@@ -14,7 +14,17 @@ from PIL import Image
 
 from rtsal.classes import ClassResolver
 from rtsal.explain import Explanation, threshold_box
-from rtsal.scoring import Sample, annotated_samples, parse_metrics, read_class_map, score_method
+from rtsal.scoring import (
+    Sample,
+    SampleSource,
+    ScoringOptions,
+    annotated_samples,
+    load_samples,
+    parse_metrics,
+    read_class_map,
+    score_method,
+    spread,
+)
 from tests.helpers import assert_one_line_error
 from tests.helpers import run_rtsal as _run
 
@@ -218,6 +228,44 @@ def test_annotations_become_samples_with_class_map(tmp_path):
 
     with pytest.raises(DataError, match="expected"):
         read_class_map(bad)
+
+
+def test_spread_takes_evenly_spaced_items():
+    assert spread(list(range(10)), 4) == [0, 2, 5, 7]  # i * 10 // 4
+    assert spread([1, 2], 5) == [1, 2] and spread([1, 2], None) == [1, 2]
+
+
+def test_options_parse_their_metrics():
+    from rtsal.errors import RtsalError
+
+    assert ScoringOptions().metrics == ("saliency",)
+    assert ScoringOptions(metrics="Pointing, saliency").metrics == ("pointing", "saliency")
+    with pytest.raises(RtsalError, match="unknown metric"):
+        ScoringOptions(metrics="speed")
+
+
+def test_samples_from_boxes_and_from_file_names(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "thing.png"):
+        Image.new("RGB", (W, H)).save(folder / name)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("image,class,x0,y0,x1,y1\na.png,other,0,0,5,5\nthing.png,thing,1,1,4,4\n")
+    resolver = ClassResolver(["thing", "other"])
+    with pytest.warns(UserWarning, match="1 image"):  # b.png has no box
+        samples = load_samples(SampleSource(data=folder, boxes=boxes), resolver)
+    assert [(s.path.name, s.label, s.boxes) for s in samples] == [
+        ("a.png", 1, [(0, 0, 5, 5)]),
+        ("thing.png", 0, [(1, 1, 4, 4)]),
+    ]
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{folder / 'thing.png'}\n")
+    (sample,) = load_samples(SampleSource(files=listed), resolver)  # the class from the name
+    assert (sample.path.name, sample.label, sample.boxes) == ("thing.png", 0, [])
+    from rtsal.errors import RtsalError
+
+    with pytest.raises(RtsalError, match="exactly one"):
+        load_samples(SampleSource(data=folder, files=listed), resolver)
 
 
 # --------------------------------------------------------------------------- CLI, real photo

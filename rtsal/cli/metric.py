@@ -1,9 +1,9 @@
 """``rtsal metric`` and ``rtsal localize``: the paper's evaluation for any method, one pass per
-method over the images (see :mod:`rtsal.scoring`)."""
+method over the images. Each command reads its options into a :class:`rtsal.scoring.SampleSource`
+and :class:`rtsal.scoring.ScoringOptions` and calls :func:`rtsal.scoring.run_scoring`."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from rtsal.cli._console import err, progress_bar
+from rtsal.scoring import SampleSource, ScoringOptions
+
+_DEFAULT = ScoringOptions()  # every default of the scoring options lives in ScoringOptions
 
 _DATA_HELP = "Image folder (class sub-folders or synset-named files), or one image."
 
@@ -19,134 +22,6 @@ def _fmt(v: Any, pct: bool = False) -> str:
     if v is None:
         return "-"
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
-
-
-def _samples(explainer, data, files, boxes, class_map, pixel_masks, limit):
-    from rtsal.errors import DataError, RtsalError
-    from rtsal.labels import labelled_samples
-    from rtsal.localization import read_boxes
-    from rtsal.scoring import (
-        Sample,
-        annotated_samples,
-        attach_pixel_masks,
-        list_images,
-        read_class_map,
-    )
-
-    if (data is None) == (files is None):
-        raise RtsalError("give exactly one of --data DIR or --files LIST")
-    if boxes is not None:
-        mapping = read_class_map(class_map) if class_map else {}
-        resolver = explainer.resolver
-
-        def resolve(name: str) -> int:
-            return resolver.resolve(mapping.get(name, name))
-
-        if data is not None:
-            images = list_images(Path(data))
-        else:
-            if not files.is_file():
-                raise DataError(f"file list not found: {files}")
-            images = [Path(line.strip()) for line in files.read_text().splitlines() if line.strip()]
-        samples, missing = annotated_samples(
-            images, read_boxes(boxes), resolve, pixel_masks=pixel_masks
-        )
-        if missing:
-            err.print(f"{len(missing)} image(s) without boxes left out", highlight=False)
-        if not samples:
-            raise RtsalError(f"no image of {data or files} has boxes in {boxes}")
-    else:
-        samples = [
-            Sample(p, label)
-            for p, label in labelled_samples(explainer.resolver, data=data, files=files)
-        ]
-        if pixel_masks is not None:
-            attach_pixel_masks(samples, pixel_masks)
-    return spread(samples, limit)
-
-
-def spread(items: list, limit: int | None) -> list:
-    """``limit`` items spread evenly over the list (all classes of a sorted folder, not the
-    first one's), in order; all of them without a limit."""
-    if not limit or limit >= len(items):
-        return items
-    return [items[i * len(items) // limit] for i in range(limit)]
-
-
-def run_scoring(
-    *,
-    metrics: list[str],
-    data: Path | None,
-    files: Path | None,
-    boxes: Path | None,
-    class_map: Path | None,
-    pixel_masks: Path | None,
-    method: str,
-    method_option: list[str] | None,
-    checkpoint: Path | None,
-    blackbox: str | None,
-    limit: int | None,
-    resize: str,
-    steps: int,
-    seed: int,
-    device: str,
-    out: Path | None,
-    pr_png: Path | None,
-    stem: str,
-) -> dict[str, Any]:
-    from rtsal.blackbox import create_black_box
-    from rtsal.checkpoint import prepare_out_dir
-    from rtsal.errors import RtsalError
-    from rtsal.explain import Explainer
-    from rtsal.methods import parse_method_options
-    from rtsal.scoring import GT_BOX, NEEDS_BOXES, pixel_metrics_of, score_method
-
-    if "pixel" in metrics and pixel_masks is None:
-        raise RtsalError("the pixel metrics need ground-truth masks: give --pixel-masks DIR")
-    if NEEDS_BOXES & set(metrics) and boxes is None:
-        raise RtsalError(f"{'/'.join(sorted(NEEDS_BOXES & set(metrics)))} needs --boxes")
-    if pr_png is not None and "pixel" not in metrics:
-        raise RtsalError("--pr-png draws the pixel metrics' PR curve: add pixel to --metrics")
-    out_dir = prepare_out_dir(out) if out else None
-    box = create_black_box(blackbox) if blackbox else None
-    explainer = Explainer(
-        checkpoint,
-        black_box=box,
-        device=device,
-        resize=resize,
-        method="max-box" if method == GT_BOX else method,
-        method_options=parse_method_options(method_option),
-    )
-    samples = _samples(explainer, data, files, boxes, class_map, pixel_masks, limit)
-    rows: list[dict] = []
-    with progress_bar() as progress:
-        summary = score_method(
-            explainer,
-            samples,
-            metrics,
-            method=method,
-            steps=steps,
-            seed=seed,
-            progress=progress,
-            on_row=rows.append,
-        )
-    if out_dir is not None:
-        path = out_dir / f"{method}-{stem}.csv"
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        (out_dir / f"{method}-{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
-        err.print(f"wrote {path} and {path.with_suffix('.json').name}", highlight=False)
-        if "pixel" in metrics and pr_png is None:
-            pr_png = out_dir / f"{method}-pr.png"
-    if pr_png is not None:
-        from rtsal.pixel_metrics import plot_pr_curves
-
-        plot_pr_curves({method: pixel_metrics_of(summary)}, pr_png, title=f"{method}: PR curve")
-        err.print(f"wrote {pr_png}", highlight=False)
-    return summary
 
 
 def describe(s: dict[str, Any]) -> str:
@@ -230,69 +105,71 @@ Steps = Annotated[int, typer.Option(help="Steps of the deletion/insertion curves
 Seed = Annotated[int, typer.Option(help="Seed for the absent classes.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+Metrics = Annotated[
+    str,
+    typer.Option(
+        "--metrics",
+        "-m",
+        help="Comma-separated: saliency, localization, pointing, deletion, insertion, pixel; "
+        "or all.",
+    ),
+]
+MetricBoxes = Annotated[
+    Path | None,
+    typer.Option(
+        help="Boxes (VOC/ImageNet XML folder or file, COCO JSON, CSV): classes and "
+        "boxes for localization and pointing."
+    ),
+]
+PrPng = Annotated[Path | None, typer.Option(help="Draw the PR curve here (default: in --out).")]
 
 
 def metric(
     data: Data = None,
     files: Files = None,
-    metrics: Annotated[
-        str,
-        typer.Option(
-            "--metrics",
-            "-m",
-            help="Comma-separated: saliency, localization, pointing, deletion, insertion, pixel; "
-            "or all.",
-        ),
-    ] = "saliency",
-    boxes: Annotated[
-        Path | None,
-        typer.Option(
-            help="Boxes (VOC/ImageNet XML folder or file, COCO JSON, CSV): classes and "
-            "boxes for localization and pointing."
-        ),
-    ] = None,
+    metrics: Metrics = ",".join(_DEFAULT.metrics),
+    boxes: MetricBoxes = None,
     class_map: ClassMap = None,
     pixel_masks: PixelMasks = None,
-    pr_png: Annotated[
-        Path | None, typer.Option(help="Draw the PR curve here (default: in --out).")
-    ] = None,
-    method: Method = "masker",
+    pr_png: PrPng = None,
+    method: Method = _DEFAULT.method,
     method_option: MethodOption = None,
     checkpoint: Checkpoint = None,
     blackbox: Blackbox = None,
     limit: Limit = None,
-    resize: Resize = "fit",
-    steps: Steps = 50,
+    resize: Resize = _DEFAULT.resize,
+    steps: Steps = _DEFAULT.steps,
     out: Out = None,
-    seed: Seed = 0,
-    device: Device = "auto",
+    seed: Seed = _DEFAULT.seed,
+    device: Device = _DEFAULT.device,
     json_out: JsonOut = False,
 ) -> None:
     """Score a method: the paper's saliency metric (default), localisation, pointing game,
     deletion/insertion AUC, and PR curve / max F_beta / MAE against pixel masks."""
-    from rtsal.scoring import parse_metrics
+    from rtsal.methods import parse_method_options
 
-    summary = run_scoring(
-        metrics=parse_metrics(metrics),
+    options = ScoringOptions(
+        metrics=metrics,
+        method=method,
+        method_options=parse_method_options(method_option),
+        checkpoint=checkpoint,
+        blackbox=blackbox,
+        resize=resize,
+        device=device,
+        steps=steps,
+        seed=seed,
+        out=out,
+        pr_png=pr_png,
+    )
+    source = SampleSource(
         data=data,
         files=files,
         boxes=boxes,
         class_map=class_map,
         pixel_masks=pixel_masks,
-        method=method,
-        method_option=method_option,
-        checkpoint=checkpoint,
-        blackbox=blackbox,
         limit=limit,
-        resize=resize,
-        steps=steps,
-        seed=seed,
-        device=device,
-        out=out,
-        pr_png=pr_png,
-        stem="metric",
     )
-    typer.echo(json.dumps(summary) if json_out else describe(summary))
+    _run(source, options, json_out)
 
 
 def localize(
@@ -306,43 +183,46 @@ def localize(
     ] = None,
     files: Files = None,
     class_map: ClassMap = None,
-    method: Method = "masker",
+    method: Method = _DEFAULT.method,
     method_option: MethodOption = None,
     checkpoint: Checkpoint = None,
     blackbox: Blackbox = None,
     limit: Limit = None,
-    resize: Resize = "fit",
+    resize: Resize = _DEFAULT.resize,
     out: Out = None,
-    device: Device = "auto",
+    device: Device = _DEFAULT.device,
     json_out: JsonOut = False,
 ) -> None:
     """Weakly supervised localisation: the paper's error (mask > 0.5, tightest box, IoU > 0.5
     with a ground-truth box of the class) and MaxBoxAcc over thresholds."""
     from rtsal.errors import RtsalError
+    from rtsal.methods import parse_method_options
 
     if boxes is None:
         raise RtsalError("rtsal localize needs --boxes (VOC XML, COCO JSON or CSV)")
-    summary = run_scoring(
-        metrics=["localization"],
-        data=data,
-        files=files,
-        boxes=boxes,
-        class_map=class_map,
-        pixel_masks=None,
+    options = ScoringOptions(
+        metrics=("localization",),
         method=method,
-        method_option=method_option,
+        method_options=parse_method_options(method_option),
         checkpoint=checkpoint,
         blackbox=blackbox,
-        limit=limit,
         resize=resize,
-        steps=0,
-        seed=0,
         device=device,
         out=out,
-        pr_png=None,
         stem="localize",
     )
-    typer.echo(json.dumps(summary) if json_out else describe(summary))
+    source = SampleSource(data=data, files=files, boxes=boxes, class_map=class_map, limit=limit)
+    _run(source, options, json_out)
+
+
+def _run(source: SampleSource, options: ScoringOptions, json_out: bool) -> None:
+    from rtsal.scoring import run_scoring
+
+    with progress_bar() as progress:
+        result = run_scoring(source, options, progress=progress)
+    if result.written:
+        err.print(f"wrote {', '.join(map(str, result.written))}", highlight=False)
+    typer.echo(json.dumps(result.summary) if json_out else describe(result.summary))
 
 
 def register(app: typer.Typer) -> None:
