@@ -447,6 +447,15 @@ def _require(entry: Any, keys: Sequence[str], where: str) -> None:
             raise DataError(f"{where} has no {key!r}")
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
 def read_coco_json(path: str | Path, *, skip_crowd: bool = False) -> Annotations:
     """Boxes of a COCO instances file (``images``, ``annotations`` with ``bbox``,
     ``categories``), keyed by each image's ``file_name``; images without annotations map to [].
@@ -456,12 +465,10 @@ def read_coco_json(path: str | Path, *, skip_crowd: bool = False) -> Annotations
     ``skip_crowd`` drops ``iscrowd`` regions.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    return _coco_annotations(_read_json(path), path, skip_crowd)
+
+
+def _coco_annotations(data: Any, path: Path, skip_crowd: bool = False) -> Annotations:
     _require(data, ("images", "annotations", "categories"), f"{path}: the top level")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list):
@@ -538,12 +545,10 @@ def read_image_box_json(path: str | Path) -> Annotations:
     such as ``imagenet-val-boxes/boxes.json``). The class is named by its synset when given
     (unambiguous), else by its name, else by its index; edges are rounded half up."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    return _image_box_annotations(_read_json(path), path)
+
+
+def _image_box_annotations(data: Any, path: Path) -> Annotations:
     if not isinstance(data, dict):
         raise DataError(f"{path}: the top level is not an object")
     out: Annotations = {}
@@ -567,13 +572,10 @@ def read_image_box_json(path: str | Path) -> Annotations:
 
 def _read_json_boxes(path: Path) -> Annotations:
     """COCO instances, or per-image boxes (:func:`read_image_box_json`), told apart by shape."""
-    try:
-        head = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return read_coco_json(path)  # reports the error
-    if isinstance(head, dict) and "annotations" not in head and "images" not in head:
-        return read_image_box_json(path)
-    return read_coco_json(path)
+    data = _read_json(path)
+    if isinstance(data, dict) and "annotations" not in data and "images" not in data:
+        return _image_box_annotations(data, path)
+    return _coco_annotations(data, path)
 
 
 def read_boxes(path: str | Path) -> Annotations:
@@ -582,7 +584,7 @@ def read_boxes(path: str | Path) -> Annotations:
     ``boxes.json`` is read as that file."""
     p = Path(path)
     if p.is_dir() and (p / "boxes.json").is_file():
-        return read_image_box_json(p / "boxes.json")
+        return _read_json_boxes(p / "boxes.json")
     if p.is_dir():
         return read_voc_dir(p)
     readers = {".xml": read_voc_xml, ".json": _read_json_boxes, ".csv": read_box_csv}
