@@ -91,6 +91,7 @@ def test_offline_resnet50_fails_fast_with_a_line_about_weights(tmp_path):
     assert_one_line_error(run, "cannot get pretrained weights for 'resnet50'", "--weights")
 
 
+@pytest.mark.slow
 @needs_imagenet_sample
 def test_resnet50_trains_with_no_pretrained(tmp_path):
     run = run_rtsal(
@@ -116,6 +117,7 @@ def test_resnet50_trains_with_no_pretrained(tmp_path):
     assert json.loads(run.stdout)["steps"] == 1
 
 
+@pytest.mark.slow
 @needs_imagenet_sample
 def test_lite0_accuracy_command():
     pytest.importorskip("rtsal_efficientnet_lite")

@@ -128,6 +128,7 @@ def test_other_seed_gives_other_canvases(fm, tmp_path_factory):
 # --------------------------------------------------------------------------- boxes and masks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", [pytest.param("fm", marks=needs_fm), "cifar"])
 def test_voc_boxes_are_the_tight_boxes_of_the_masks(dataset, request):
     out: Path = request.getfixturevalue(dataset)

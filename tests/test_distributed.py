@@ -40,6 +40,7 @@ def args(classifier: Path, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one(fm_classifier, tmp_path):
     torchrun = shutil.which("torchrun")
     assert torchrun, "torchrun comes with torch"

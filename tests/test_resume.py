@@ -59,6 +59,7 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(fm_classifier, tmp_path):
     whole = tmp_path / "whole"
     run = run_rtsal(*train_args(fm_classifier, whole), env={"OMP_NUM_THREADS": "1"})
@@ -93,6 +94,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(fm_classifier, tmp_path
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_exits_cleanly(fm_classifier, tmp_path):
     out = tmp_path / "interrupted"
     env = {**os.environ, "RTSAL_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
