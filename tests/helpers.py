@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# the EfficientNet-Lite plugin only (the shipped model's black box), by the allow-list: tests
+# never load whatever else happens to be installed
+LITE_PLUGIN = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": "", "RTSAL_PLUGINS": "efficientnet-lite"}
 
 
 @dataclass

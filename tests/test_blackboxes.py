@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from rtsal import create_black_box, is_black_box
 from rtsal.errors import CheckpointError, RtsalError, UnknownBlackBoxError
 from rtsal.providers.timm_provider import hub_reachable
-from tests.helpers import REPO, SHARED_DATA, assert_one_line_error, run_rtsal
+from tests.helpers import LITE_PLUGIN, REPO, SHARED_DATA, assert_one_line_error, run_rtsal
 
 IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"
 needs_imagenet_sample = pytest.mark.skipif(
@@ -131,7 +131,7 @@ def test_lite0_accuracy_command():
         "--limit",
         48,
         "--json",
-        env={"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""},
+        env=LITE_PLUGIN,
     )
     assert run.code == 0, run.stderr
     res = json.loads(run.stdout)

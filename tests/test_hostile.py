@@ -13,7 +13,7 @@ from PIL import Image
 
 from rtsal.errors import DataError, RtsalError
 from rtsal.images import load_image
-from tests.helpers import assert_one_line_error, run_rtsal
+from tests.helpers import LITE_PLUGIN, assert_one_line_error, run_rtsal
 
 
 def _png_bytes(size=(8, 8)) -> bytes:
@@ -95,11 +95,9 @@ def test_unwritable_output_for_explain(tmp_path):
     img.write_bytes(_png_bytes())
     blocker = tmp_path / "taken"
     blocker.write_text("x")
-    run = run_rtsal("explain", img, "--out", blocker, env={"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""})
+    run = run_rtsal("explain", img, "--out", blocker, env=LITE_PLUGIN)
     assert_one_line_error(run, "not a directory")
-    run = run_rtsal(
-        "explain", img, "--out", blocker / "sub", env={"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}
-    )
+    run = run_rtsal("explain", img, "--out", blocker / "sub", env=LITE_PLUGIN)
     assert_one_line_error(run, "cannot write to output directory")
     assert blocker.read_text() == "x"
 

@@ -25,10 +25,10 @@ from rtsal.scoring import (
     score_method,
     spread,
 )
-from tests.helpers import assert_one_line_error
+from tests.helpers import LITE_PLUGIN, assert_one_line_error
 from tests.helpers import run_rtsal as _run
 
-PLUGINS_ON = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}  # the shipped model's black box is a plugin's
+PLUGINS_ON = LITE_PLUGIN  # the shipped model's black box is a plugin's
 
 
 def run_rtsal(*args):

@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from tests.helpers import SHARED_DATA, assert_one_line_error, run_rtsal
+from tests.helpers import LITE_PLUGIN, SHARED_DATA, assert_one_line_error, run_rtsal
 
 SAMPLE = SHARED_DATA / "imagenet-sample"
 VAL_BOXES = SHARED_DATA / "imagenet-val-boxes"
-LITE = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": "", "RTSAL_PLUGINS": "efficientnet-lite"}  # allow-list
+LITE = LITE_PLUGIN
 pytestmark = pytest.mark.skipif(
     not (SAMPLE.is_dir() and VAL_BOXES.is_dir()), reason="../shared/data is not present"
 )
