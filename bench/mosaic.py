@@ -42,9 +42,8 @@ def main() -> None:
 
     from rtsal import keep_freed_memory
     from rtsal.checkpoint import default_checkpoint, load_masker
-    from rtsal.images import load_image, pil_to_tensor
     from rtsal.methods import create_method
-    from rtsal.mosaic import mosaic_cases, render_case, score_mosaic_masks
+    from rtsal.mosaic import load_tile, mosaic_cases, render_case, score_mosaic_masks
 
     keep_freed_memory()
     rows_in = [line.split("\t") for line in Path(a.holdout).read_text().splitlines() if line]
@@ -52,9 +51,6 @@ def main() -> None:
     samples = [(root / p, int(c)) for p, c in rows_in]
     cases = mosaic_cases(samples, a.count, seed=a.seed)
     size = (a.size, a.size)
-
-    def load_tile(path: str, hw: tuple[int, int]) -> torch.Tensor:
-        return pil_to_tensor(load_image(path).resize((hw[1], hw[0]), 3))
 
     rendered = [render_case(c, size, load_tile) for c in cases]
     images = torch.stack([m for m, _ in rendered])

@@ -30,6 +30,7 @@ from rtsal.cache import cache_dir
 from rtsal.classes import ClassResolver
 from rtsal.errors import DataError, RtsalError
 from rtsal.images import IMAGE_EXTENSIONS, load_image, photo_transform, pil_to_tensor
+from rtsal.photos import assert_no_evaluation_photos, select_training_photos
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -168,8 +169,6 @@ class ImageFileDataset(Dataset):
         color_jitter: float = 0.0,
     ):
         if train:
-            from rtsal.photos import assert_no_evaluation_photos
-
             assert_no_evaluation_photos(samples)
         self.samples = samples
         self.class_names = list(class_names)
@@ -538,8 +537,6 @@ def open_dataset(
         )
     selection = None
     if train:
-        from rtsal.photos import select_training_photos
-
         selection = select_training_photos(
             root,
             labels=labels,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -179,6 +180,13 @@ def render_case(
     boxes = tile_boxes(len(case.paths), H, W)
     tiles = [load(p, (b[3] - b[1], b[2] - b[0])) for p, b in zip(case.paths, boxes, strict=True)]
     return compose(tiles, H, W), boxes[case.target]
+
+
+def load_tile(path: str | Path, hw: tuple[int, int]) -> torch.Tensor:
+    """A photo resized (bicubic, ignoring aspect) to a tile of ``hw`` = (h, w): (C, h, w)."""
+    from rtsal.images import load_image, pil_to_tensor
+
+    return pil_to_tensor(load_image(path).resize((hw[1], hw[0]), 3))
 
 
 def inside_fraction(mask: torch.Tensor, box: Box) -> float:

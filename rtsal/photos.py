@@ -16,7 +16,6 @@ so a second run over 20 k photos costs seconds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -331,11 +330,3 @@ def assert_no_evaluation_photos(samples: Sequence[tuple[Path, int]]) -> None:
             f"{len(bad)} evaluation photo(s) in the training data (e.g. {bad[0]}); "
             "ILSVRC2012_val_* files are for measuring only"
         )
-
-
-def folder_digest(paths: Sequence[Path]) -> str:
-    """A short digest of a list of paths (names a derived file for one selection)."""
-    h = hashlib.sha1()
-    for p in paths:
-        h.update(str(p).encode() + b"\n")
-    return h.hexdigest()[:12]

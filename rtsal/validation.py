@@ -23,7 +23,7 @@ import torch
 
 from rtsal import _rng
 from rtsal.metrics import saliency_metric, salient_box
-from rtsal.mosaic import mosaic_cases, render_case, score_mosaic_masks
+from rtsal.mosaic import load_tile, mosaic_cases, render_case, score_mosaic_masks
 
 VALIDATION_STREAM = 11
 
@@ -62,9 +62,6 @@ class Validator:
         K = box.num_classes
         shift = torch.randint(1, max(K, 2), (len(chosen),), generator=g)
         self.absent = (self.photo_labels + shift) % K
-
-        def load_tile(path: str, hw: tuple[int, int]) -> torch.Tensor:
-            return pil_to_tensor(load_image(path).resize((hw[1], hw[0]), 3))  # bicubic
 
         self.cases = mosaic_cases(list(samples), mosaics, seed=seed)
         rendered = [render_case(c, self.size, load_tile) for c in self.cases]
