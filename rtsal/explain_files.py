@@ -1,5 +1,6 @@
 """Explaining files and folders: expand inputs, stream them in batches, write masks, overlays,
-the Figure-1 pair and a contact sheet; report unreadable files without stopping."""
+the Figure-1 pair and a contact sheet; report unreadable files without stopping.
+:func:`explain_inputs` is ``rtsal explain`` as a function (photos, folders, globs or a video)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from rtsal.images import IMAGE_EXTENSIONS, is_image_path, load_image, pil_to_ten
 from rtsal.visualize import overlay
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+DEFAULT_BATCH_SIZE = 16
 
 
 @dataclass
@@ -144,7 +146,7 @@ def explain_files(
     out: Path | None,
     classes: Sequence[int] | None = None,
     topk: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     save_npy: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     on_error: Callable[[str], None] | None = None,
@@ -233,3 +235,111 @@ def check_inputs_exist(items: Sequence[InputItem], missing: Sequence[str]) -> No
         raise RtsalError(missing[0] if len(missing) == 1 else f"no inputs found ({missing[0]})")
     if not items:
         raise RtsalError("no image files among the inputs")
+
+
+# --------------------------------------------------------------------------- rtsal explain
+
+
+@dataclass
+class ExplainRun:
+    """What :func:`explain_inputs` did: one video written, or the images explained."""
+
+    video: dict[str, Any] | None = None  # input, output, frames, seconds, fps, model_fps, ...
+    summary: ExplainSummary = field(default_factory=ExplainSummary)
+    missing: list[str] = field(default_factory=list)  # inputs that named no file
+    out: Path | None = None  # the images' output folder
+
+    @property
+    def not_read(self) -> int:
+        """Inputs that could not be explained: missing ones and unreadable files."""
+        return len(self.missing) + len(self.summary.failed)
+
+
+def video_input(inputs: Sequence[str]) -> str | None:
+    """The video among ``inputs`` (which must then be the only input), or None."""
+    videos = [p for p in inputs if Path(p).suffix.lower() in VIDEO_EXTENSIONS]
+    if videos and len(inputs) != 1:
+        raise RtsalError("explain one video at a time")
+    return videos[0] if videos else None
+
+
+def explain_inputs(
+    inputs: Sequence[str],
+    *,
+    out: Path | None = None,
+    classes: Sequence[str] | None = None,
+    topk: int | None = None,
+    black_box: str | None = None,
+    save_npy: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    video_size: int | None = None,
+    workers: int | None = None,
+    progress: Any = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+    **explainer_options: Any,
+) -> ExplainRun:
+    """Explain a video, or the images among ``inputs`` (files, folders, globs), as
+    ``rtsal explain`` does.
+
+    ``explainer_options`` are :class:`Explainer`'s keywords; ``black_box`` is a black box's name
+    and ``classes`` are class names, indices or synsets (default: each image's top-1, or its
+    ``topk`` most probable classes). A video is written to ``out`` (default: beside it, as
+    ``.rtsal.mp4``) at ``video_size`` (short side); images to the folder ``out``, if given.
+    Inputs that name no file and unreadable images go to ``on_error`` and are counted in
+    :attr:`ExplainRun.not_read`; ``progress`` is a Rich progress bar.
+    """
+    from rtsal.blackbox import create_black_box
+    from rtsal.checkpoint import prepare_out_dir
+
+    video = video_input(inputs)
+    box = create_black_box(black_box) if black_box else None
+    explainer = Explainer(black_box=box, **explainer_options)
+    wanted = explainer.resolver.resolve_many(classes) if classes else None
+    if video is not None:
+        return _explain_one_video(explainer, video, out, wanted, video_size, workers, progress)
+    items, missing = expand_inputs(inputs)
+    check_inputs_exist(items, missing)  # nothing to explain: an error
+    if on_error:
+        for m in missing:
+            on_error(m)
+    out_dir = prepare_out_dir(out) if out else None
+    task = progress.add_task("explain", total=len(items)) if progress else None
+    summary = explain_files(
+        explainer,
+        items,
+        out=out_dir,
+        classes=wanted,
+        topk=topk,
+        batch_size=batch_size,
+        save_npy=save_npy,
+        workers=workers,
+        on_record=on_record,
+        on_error=on_error,
+        on_image=(lambda: progress.update(task, advance=1)) if progress else None,
+    )
+    return ExplainRun(summary=summary, missing=missing, out=out_dir)
+
+
+def _explain_one_video(
+    explainer: Explainer,
+    video: str,
+    out: Path | None,
+    classes: Sequence[int] | None,
+    short_side: int | None,
+    workers: int | None,
+    progress: Any,
+) -> ExplainRun:
+    from rtsal.video import explain_video
+
+    target = out or Path(video).with_suffix(".rtsal.mp4")
+    stats = explain_video(
+        explainer,
+        Path(video),
+        target,
+        classes=classes,
+        short_side=short_side,
+        progress=progress,
+        workers=workers,
+    )
+    return ExplainRun(video={"input": video, "output": str(target), **stats})

@@ -204,6 +204,38 @@ def test_missing_input_and_checkpoint(checkpoint, tmp_path):
     assert_one_line_error(run, "checkpoint not found")
 
 
+def test_explain_inputs_is_the_command_as_a_function(checkpoint, photos, tmp_path):
+    """The library call behind `rtsal explain`: records and errors as they come, missing and
+    unreadable inputs counted, the contact sheet written."""
+    from rtsal.explain_files import explain_inputs
+
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    records: list[dict] = []
+    errors: list[str] = []
+    run = explain_inputs(
+        [str(photos / "chelsea.jpg"), str(tmp_path / "broken.jpg"), str(tmp_path / "nope.jpg")],
+        out=tmp_path / "out",
+        classes=["tiger cat", "967"],
+        checkpoint=checkpoint,
+        device="cpu",
+        on_record=records.append,
+        on_error=errors.append,
+    )
+    assert run.video is None and run.out == tmp_path / "out"
+    assert run.summary.explained == 1 and run.not_read == 2
+    assert [r["class_index"] for r in records] == [282, 967]
+    assert records == run.summary.records
+    assert "nope.jpg" in errors[0] and "broken.jpg" in errors[1]  # missing ones first
+    assert (tmp_path / "out" / "index.html").is_file()
+
+
+def test_usage_errors_exit_2_before_any_model_is_loaded(tmp_path):
+    run = run_rtsal("explain", tmp_path / "a.mp4", tmp_path / "b.jpg", "--checkpoint", "none")
+    assert run.code == 2 and "one video at a time" in run.stderr
+    run = run_rtsal("explain", tmp_path, "--topk", "0")
+    assert run.code == 2 and "--topk must be at least 1" in run.stderr
+
+
 def test_threshold_box_by_hand():
     m = torch.zeros(6, 8)
     assert threshold_box(m) is None
