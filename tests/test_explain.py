@@ -13,6 +13,7 @@ from PIL import Image
 from rtsal.boxes import threshold_box
 from rtsal.images import fit_size
 from tests.helpers import (
+    LITE_PLUGIN,
     assert_one_line_error,
     drop_batch_norms,
     randomise_batch_norms,
@@ -21,7 +22,7 @@ from tests.helpers import (
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("rtsal_efficientnet_lite")
-PLUGINS = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}
+PLUGINS = LITE_PLUGIN
 
 
 def save_lite0_masker(out: Path, randomise_decoder_batch_norms: bool = False) -> Path:

@@ -22,12 +22,12 @@ from rtsal.export import (
     export_torchscript,
     sidecar_path,
 )
-from tests.helpers import assert_one_line_error, run_rtsal
+from tests.helpers import LITE_PLUGIN, assert_one_line_error, run_rtsal
 
 skdata = pytest.importorskip("skimage.data")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("rtsal_efficientnet_lite")
-PLUGINS = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}
+PLUGINS = LITE_PLUGIN
 CATS = range(281, 286)  # ImageNet's domestic cats: tabby ... Egyptian cat
 
 
