@@ -219,12 +219,13 @@ class SaliencyObjective:
         self.removal = EvidenceRemoval(config.removal, generator)
 
     def _keep_and_drop(self, images, mask, rows, generators):
-        """Black-box logits of Phi(X, M) and Phi(X, 1 - M) for the given rows: (R, K) each."""
-        x, m = images[rows], mask[rows]
-        gk = gd = None
-        if generators is not None:
-            gk = [generators[0][i] for i in rows.tolist()]
-            gd = [generators[1][i] for i in rows.tolist()]
+        """Black-box logits of Phi(X, M) and Phi(X, 1 - M) for the given rows (None: all of
+        them, without copying the batch): (R, K) each."""
+        x, m = (images, mask) if rows is None else (images[rows], mask[rows])
+        gk, gd = generators if generators is not None else (None, None)
+        if generators is not None and rows is not None:
+            gk = [gk[i] for i in rows.tolist()]
+            gd = [gd[i] for i in rows.tolist()]
         with record_function("rtsal: evidence removal"):
             removed = torch.cat([self.removal(x, m, gk), self.removal(x, 1 - m, gd)])
         with record_function("rtsal: black box"):
@@ -252,8 +253,7 @@ class SaliencyObjective:
                 keep = drop = images.new_zeros(0, 1)
             terms = paper(cfg, out, classes, is_real, keep, drop)
         else:
-            rows = torch.arange(B, device=images.device)
-            keep, drop = self._keep_and_drop(images, out.mask, rows, generators)
+            keep, drop = self._keep_and_drop(images, out.mask, None, generators)
             terms = authors(cfg, out, labels, is_real, keep, drop)
         embed = images.new_zeros(B)
         if cfg.embed_weight > 0:

@@ -20,7 +20,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from PIL import Image
 
 from rtsal.cache import cache_dir
 from rtsal.errors import DataError
-from rtsal.images import IMAGE_EXTENSIONS, load_image, photo_transform
+from rtsal.images import IMAGE_EXTENSIONS, load_image, photo_transform, pil_to_tensor
 
 EVALUATION_NAME = re.compile(r"^ILSVRC2012_val_", re.IGNORECASE)
 NEAR_DUPLICATE_BITS = 4  # Hamming distance between difference hashes that counts as the same photo
@@ -99,7 +99,6 @@ class PhotoSelection:
     duplicates: int = 0
     unreadable: int = 0
     below_confidence: int = 0
-    excluded_paths: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{len(self.samples)} training photos of {self.found} found"]
@@ -202,8 +201,6 @@ def index_photos(
             labels: list[int | None] = [None] * len(decoded)
             conf: list[float | None] = [None] * len(decoded)
             if black_box is not None and transform is not None:
-                from rtsal.images import pil_to_tensor
-
                 x = torch.stack([pil_to_tensor(transform(im)) for _, im in decoded])
                 with torch.inference_mode():
                     prob = black_box.probabilities(x)
@@ -272,7 +269,6 @@ def select_training_photos(
     for p, lab in labelled:
         if is_evaluation_photo(p):
             sel.evaluation_named += 1
-            sel.excluded_paths.append(p)
         else:
             kept.append((p, lab))
     if not (dedup or exclude or labels == "blackbox"):
@@ -297,7 +293,6 @@ def select_training_photos(
                     1
                 )
             sel.evaluation_lookalike = int(near.sum())
-            sel.excluded_paths += [kept[i][0] for i in np.flatnonzero(near)]
             keep &= ~near
     if dedup:
         seen: set[tuple[int, int | None]] = set()

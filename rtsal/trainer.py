@@ -281,7 +281,6 @@ class Trainer:
         self.held_out_samples: list[tuple[Path, int]] = []
         if cfg.holdout > 0:
             self._hold_out()
-        self.holdout: list[Path] = [path for path, _ in self.held_out_samples]
         self.validator = None
         if cfg.val_every and self.dist.is_main:
             from rtsal.validation import Validator
