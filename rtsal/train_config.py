@@ -65,6 +65,7 @@ class TrainConfig:
     val_every: int = 0  # steps between validations on held-out photos (needs --holdout)
     val_photos: int = 200  # held-out photos (and as many mosaics) used for validation
     keep_validated: bool = False  # keep the model of every validation in OUT/validated/step-N
+    val_boxes: str | None = None  # photos with exact boxes (boxes.json): validate by localisation
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -185,8 +185,10 @@ def check_options(cfg: TrainConfig) -> None:
         raise RtsalError("--mosaic must be in [0, 1]")
     if not cfg.mosaic_tiles or any(t not in (2, 4) for t in cfg.mosaic_tiles):
         raise RtsalError("--mosaic-tiles takes 2, 4 or 2,4")
-    if cfg.val_every and cfg.holdout <= 0:
-        raise RtsalError("--val-every needs held-out photos: give --holdout")
+    if cfg.val_every and cfg.holdout <= 0 and not cfg.val_boxes:
+        raise RtsalError("--val-every needs photos to validate on: give --holdout or --val-boxes")
+    if cfg.val_boxes and not cfg.val_every:
+        raise RtsalError("--val-boxes is used every --val-every steps: give --val-every")
     if cfg.schedule not in ("cosine", "step", "constant"):
         raise RtsalError(f"--schedule must be cosine, step or constant, not {cfg.schedule!r}")
 
@@ -283,10 +285,18 @@ class Trainer:
             self._hold_out()
         self.validator = None
         if cfg.val_every and self.dist.is_main:
-            from rtsal.validation import Validator
+            from rtsal.validation import Validator, read_box_photos
 
+            box_photos = (
+                read_box_photos(cfg.val_boxes, self.resolver, cfg.exclude) if cfg.val_boxes else ()
+            )
             self.validator = Validator(
-                self.held_out_samples, box, self.size, photos=cfg.val_photos, mosaics=cfg.val_photos
+                self.held_out_samples,
+                box,
+                self.size,
+                photos=cfg.val_photos,
+                mosaics=cfg.val_photos,
+                box_photos=box_photos,
             )
         if cfg.mosaic > 0:
             if not hasattr(self.dataset, "load"):

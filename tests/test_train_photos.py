@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from tests.helpers import LITE_PLUGIN, SHARED_DATA, assert_one_line_error, run_rtsal
 
@@ -33,14 +34,23 @@ def photo_folder(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_on_black_box_labels_with_mosaics_and_validation(photo_folder, tmp_path):
+    boxes = tmp_path / "val-boxes"  # other photos, with boxes: validation by localisation
+    boxes.mkdir()
+    table = {}
+    for p in sorted(SAMPLE.iterdir())[5::37][:3]:
+        shutil.copy(p, boxes / p.name)
+        with Image.open(p) as im:
+            w, h = im.size
+        table[p.name] = {"synset": p.name.split("_")[0], "boxes": [[w // 8, h // 8, w, h]]}
+    (boxes / "boxes.json").write_text(json.dumps(table))
     out = tmp_path / "run"
     env = {"RTSAL_CACHE": str(tmp_path / "cache"), **LITE}
     r = run_rtsal(
         "train", "--blackbox", "efficientnet_lite0", "--data", photo_folder,
         "--labels", "blackbox", "--min-confidence", "0.2", "--exclude", VAL_BOXES,
         "--mosaic", "0.5", "--color-jitter", "0.1", "--holdout", "0.25",
-        "--val-every", "2", "--val-photos", "6", "--steps", "4", "--batch-size", "4",
-        "--out", out, "--json",
+        "--val-every", "2", "--val-photos", "6", "--val-boxes", boxes, "--steps", "4",
+        "--batch-size", "4", "--out", out, "--json",
         env=env,
     )  # fmt: skip
     assert r.code == 0, r.stderr
@@ -51,6 +61,7 @@ def test_train_on_black_box_labels_with_mosaics_and_validation(photo_folder, tmp
         for key in ("mosaic_loc", "mosaic_inside", "p_keep", "p_drop", "area_absent", "saliency"):
             assert key in row
         assert 0 <= row["mosaic_inside"] <= 1 and 0 <= row["area_true"] <= 1
+        assert row["box_loc"] in (0, 1 / 3, 2 / 3, 1) and row["score"] == row["box_loc"]
     best = json.loads((out / "best" / "rtsal.json").read_text())
     best_step = max(rows, key=lambda r: (r["score"], -r["step"]))["step"]
     assert best["training"]["validation"]["step"] == best_step
@@ -70,6 +81,7 @@ def test_train_on_black_box_labels_with_mosaics_and_validation(photo_folder, tmp
     "extra, fragments",
     [
         (["--val-every", "5"], ["--val-every", "--holdout"]),
+        (["--val-boxes", "."], ["--val-boxes", "--val-every"]),
         (["--mosaic", "1.5"], ["--mosaic"]),
         (["--mosaic", "0.5", "--mosaic-tiles", "3"], ["--mosaic-tiles"]),
         (["--labels", "guess"], ["--labels"]),

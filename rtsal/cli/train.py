@@ -206,6 +206,13 @@ def train(
     keep_validated: Annotated[
         bool, typer.Option(help="Keep the model of every validation in OUT/validated/step-N.")
     ] = _DEFAULT.keep_validated,
+    val_boxes: Annotated[
+        Path | None,
+        typer.Option(
+            help="Photos with exact boxes (a boxes.json, or a folder holding one; never "
+            "evaluation photos): validation then scores box localisation and picks OUT/best by it."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT.
