@@ -23,7 +23,7 @@ CHILD = """
 import json, resource, statistics, sys, time, torch
 from rtsal.allocator import keep_freed_memory
 tuned = sys.argv[1] == "tuned" and keep_freed_memory()
-from rtsal.explain import Explainer
+from rtsal.inference.explainer import Explainer
 ex = Explainer(device="cpu")
 box, model = ex.black_box, ex.model
 x = torch.rand(int(sys.argv[2]), 3, 224, 224).contiguous(memory_format=torch.channels_last)

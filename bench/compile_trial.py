@@ -25,7 +25,7 @@ def main() -> None:
 
     keep_freed_memory()  # as the rtsal command does
 
-    from rtsal.explain import Explainer
+    from rtsal.inference.explainer import Explainer
 
     e = Explainer(device="cpu")  # the shipped model, channels-last
     model = e.model

@@ -22,8 +22,8 @@ def main() -> None:
 
     keep_freed_memory()  # as the rtsal command does
 
-    from rtsal.explain import Explainer
-    from rtsal.methods import create_method
+    from rtsal.inference.explainer import Explainer
+    from rtsal.registry.methods import create_method
 
     box = Explainer(device="cpu").black_box  # the shipped model's EfficientNet-Lite0, channels-last
     x = torch.rand(a.batch, 3, a.size, a.size).contiguous(memory_format=torch.channels_last)

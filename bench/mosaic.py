@@ -41,9 +41,9 @@ def main() -> None:
     a = ap.parse_args()
 
     from rtsal import keep_freed_memory
-    from rtsal.checkpoint import default_checkpoint, load_masker
-    from rtsal.methods import create_method
-    from rtsal.mosaic import load_tile, mosaic_cases, render_case, score_mosaic_masks
+    from rtsal.data.mosaic import load_tile, mosaic_cases, render_case, score_mosaic_masks
+    from rtsal.engine.checkpoint import default_checkpoint, load_masker
+    from rtsal.registry.methods import create_method
 
     keep_freed_memory()
     rows_in = [line.split("\t") for line in Path(a.holdout).read_text().splitlines() if line]

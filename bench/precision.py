@@ -22,7 +22,7 @@ def main() -> None:
     ap.parse_args()
     from skimage import data
 
-    from rtsal.explain import Explainer
+    from rtsal.inference.explainer import Explainer
 
     fp32 = Explainer(device="cpu", resize="square")
     bf16 = Explainer(device="cpu", resize="square", precision="bfloat16")

@@ -85,17 +85,17 @@ def cpu_name() -> str:
 
 def setup(name: str, masker_ckpt: str | None):
     """(black box, masking model, image size) for a named configuration."""
-    from rtsal.blackbox import create_black_box
-    from rtsal.checkpoint import load_masker
-    from rtsal.classifier import build_classifier
-    from rtsal.model import MaskerConfig, build_masking_model
+    from rtsal.engine.checkpoint import load_masker
+    from rtsal.engine.model import MaskerConfig, build_masking_model
+    from rtsal.registry.blackbox import create_black_box
+    from rtsal.tools.classifier import build_classifier
 
     torch.manual_seed(0)
     if name == "lite0":
         if masker_ckpt:
             model, box, _ = load_masker(masker_ckpt)
         else:
-            from rtsal.checkpoint import default_checkpoint
+            from rtsal.engine.checkpoint import default_checkpoint
 
             model, box, _ = load_masker(default_checkpoint())
         return box, model.eval(), 224
@@ -104,8 +104,8 @@ def setup(name: str, masker_ckpt: str | None):
         cfg = MaskerConfig(num_classes=1000, encoder="blackbox", embedding="classifier-init")
         return box, build_masking_model(cfg, box).eval(), 224
     if name == "cifar":
-        from rtsal.blackbox import BlackBox
-        from rtsal.data import CIFAR10_CLASSES
+        from rtsal.data.folders import CIFAR10_CLASSES
+        from rtsal.registry.blackbox import BlackBox
 
         net = build_classifier("resnet9", 10, 3, 32)
         box = BlackBox(
@@ -136,7 +136,7 @@ def onnx_runner(box, model, size: int):
     black box's probabilities: the work of the "masking model" row, with the class as an input."""
     import onnxruntime as ort
 
-    from rtsal.export import ExportableMasker, export_onnx
+    from rtsal.inference.export import ExportableMasker, export_onnx
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
@@ -161,8 +161,8 @@ def runners(box, model, size: int, iterative_steps: int, with_onnx: bool = False
     """
     import copy
 
-    from rtsal.fusion import fold_batch_norms
-    from rtsal.methods import create_method
+    from rtsal.inference.fusion import fold_batch_norms
+    from rtsal.registry.methods import create_method
 
     onnx_run = onnx_runner(box, model, size) if with_onnx else None  # before channels-last
     nchw_model = fold_batch_norms(copy.deepcopy(model))  # its own copy of the black box's network
@@ -214,7 +214,7 @@ def runners(box, model, size: int, iterative_steps: int, with_onnx: bool = False
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        from rtsal.explainers.gradcam import default_target_layer
+        from rtsal.methods.gradcam import default_target_layer
 
         layer_name = default_target_layer(box.network, torch.rand(1, 3, size, size))
         layer = dict(box.network.named_modules())[layer_name]

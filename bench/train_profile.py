@@ -45,7 +45,7 @@ def main() -> None:
 
     keep_freed_memory()  # as the rtsal command does
 
-    from rtsal.trainer import TrainConfig, Trainer
+    from rtsal.training.trainer import TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(

@@ -27,9 +27,9 @@ def main() -> None:
     ap.add_argument("--exclude", action="append", default=[], help="evaluation folder")
     a = ap.parse_args()
 
-    from rtsal.checkpoint import load_masker
-    from rtsal.classes import ClassResolver
-    from rtsal.validation import Validator, read_box_photos
+    from rtsal.engine.checkpoint import load_masker
+    from rtsal.registry.classes import ClassResolver
+    from rtsal.training.validation import Validator, read_box_photos
 
     _, black_box, _ = load_masker(a.checkpoints[0])
     photos = read_box_photos(a.boxes, ClassResolver.for_black_box(black_box), a.exclude)

@@ -61,8 +61,8 @@ def main() -> None:
 
     keep_freed_memory()  # as the rtsal command does
 
-    from rtsal.explain import Explainer
-    from rtsal.video import explain_video
+    from rtsal.inference.explainer import Explainer
+    from rtsal.inference.video import explain_video
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

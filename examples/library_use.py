@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 import rtsal
-from rtsal.checkpoint import load_masker
-from rtsal.classes import ClassResolver
-from rtsal.images import load_image, pil_to_tensor, tensor_to_pil
-from rtsal.model import MaskerConfig, MaskingModel, build_masking_model
+from rtsal.data.images import load_image, pil_to_tensor, tensor_to_pil
+from rtsal.engine.checkpoint import load_masker
+from rtsal.engine.model import MaskerConfig, MaskingModel, build_masking_model
+from rtsal.registry.classes import ClassResolver
 
 
 def untrained_masker(box: rtsal.BlackBox) -> MaskingModel:

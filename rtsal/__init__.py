@@ -9,29 +9,29 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from rtsal.hookspecs import hookimpl
+from rtsal.registry.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 _LAZY = {  # public name -> the module that defines it
-    "BlackBox": "rtsal.blackbox",
-    "ClassResolver": "rtsal.classes",
+    "BlackBox": "rtsal.registry.blackbox",
+    "ClassResolver": "rtsal.registry.classes",
     "RtsalError": "rtsal.errors",
-    "create_black_box": "rtsal.blackbox",
-    "is_black_box": "rtsal.blackbox",
+    "create_black_box": "rtsal.registry.blackbox",
+    "is_black_box": "rtsal.registry.blackbox",
     "keep_freed_memory": "rtsal.allocator",
-    "list_black_boxes": "rtsal.blackbox",
-    "load_state_dict": "rtsal._weights",
-    "timm_black_box": "rtsal.providers.timm_provider",
+    "list_black_boxes": "rtsal.registry.blackbox",
+    "load_state_dict": "rtsal.registry.weights",
+    "timm_black_box": "rtsal.registry.providers.timm_provider",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
-    from rtsal._weights import load_state_dict
     from rtsal.allocator import keep_freed_memory
-    from rtsal.blackbox import BlackBox, create_black_box, is_black_box, list_black_boxes
-    from rtsal.classes import ClassResolver
     from rtsal.errors import RtsalError
-    from rtsal.providers.timm_provider import timm_black_box
+    from rtsal.registry.blackbox import BlackBox, create_black_box, is_black_box, list_black_boxes
+    from rtsal.registry.classes import ClassResolver
+    from rtsal.registry.providers.timm_provider import timm_black_box
+    from rtsal.registry.weights import load_state_dict
 
 __all__ = [
     "__version__",

@@ -14,7 +14,7 @@ def fm_classifier(tmp_path_factory) -> Path:
     """A tiny ResNet-9 trained for 40 steps on Fashion-MNIST, as a classifier checkpoint."""
     if not fashion_mnist_installed():
         pytest.skip(FASHION_MNIST_REASON)
-    from rtsal.classifier import ClassifierConfig, train_classifier
+    from rtsal.tools.classifier import ClassifierConfig, train_classifier
 
     out = tmp_path_factory.mktemp("fm") / "classifier"
     result = train_classifier(

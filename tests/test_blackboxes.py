@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from rtsal import create_black_box, is_black_box
 from rtsal.errors import CheckpointError, RtsalError, UnknownBlackBoxError
-from rtsal.providers.timm_provider import hub_reachable
+from rtsal.registry.providers.timm_provider import hub_reachable
 from tests.helpers import LITE_PLUGIN, REPO, SHARED_DATA, assert_one_line_error, run_rtsal
 
 IMAGENET_SAMPLE = SHARED_DATA / "imagenet-sample"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.classes import ClassResolver
 from rtsal.errors import DataError
+from rtsal.registry.classes import ClassResolver
 from tests.helpers import SHARED_DATA
 
 SAMPLE = SHARED_DATA / "imagenet-sample"
@@ -59,8 +59,8 @@ def _box_mask(box, size=64):
 
 
 def test_box_localisation_by_hand(box_folder):
-    from rtsal.blackbox import create_black_box
-    from rtsal.validation import Validator, read_box_photos
+    from rtsal.registry.blackbox import create_black_box
+    from rtsal.training.validation import Validator, read_box_photos
 
     black_box = create_black_box("efficientnet_lite0")
     photos = read_box_photos(box_folder, ClassResolver.for_black_box(black_box))
@@ -77,7 +77,7 @@ def test_box_localisation_by_hand(box_folder):
 
 
 def test_evaluation_photos_are_refused_for_validation(box_folder, tmp_path):
-    from rtsal.validation import read_box_photos
+    from rtsal.training.validation import read_box_photos
 
     resolver = ClassResolver([f"class{i}" for i in range(3)])
     with pytest.raises(DataError, match="evaluation folder"):

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rtsal.canvas import (
+from rtsal.errors import RtsalError
+from rtsal.metrics.localization import read_box_csv, read_voc_dir, read_voc_xml
+from rtsal.tools.canvas import (
     MASK_THRESHOLD,
     MATTE_GAMMA,
     CanvasConfig,
@@ -21,8 +23,6 @@ from rtsal.canvas import (
     make_canvas_dataset,
     voc_xml,
 )
-from rtsal.errors import RtsalError
-from rtsal.localization import read_box_csv, read_voc_dir, read_voc_xml
 from tests.helpers import (
     FASHION_MNIST_REASON,
     SHARED_DATA,
@@ -194,7 +194,7 @@ def test_fm_without_clutter_changes_exactly_the_mask_pixels(fm_plain):
 
 @needs_fm
 def test_fm_masks_are_the_source_items(fm_plain):
-    from rtsal.data import _load_fashion_mnist
+    from rtsal.data.folders import _load_fashion_mnist
 
     items = {split: _load_fashion_mnist(None, split) for split in ("train", "test")}
     meta = json.loads((fm_plain / "canvas.json").read_text())
@@ -216,7 +216,7 @@ def test_fm_masks_are_the_source_items(fm_plain):
 
 
 def test_cifar_patches_are_the_source_images(cifar_plain):
-    from rtsal.data import _load_cifar10
+    from rtsal.data.folders import _load_cifar10
 
     sources = {split: _load_cifar10(CIFAR_TARBALL, split) for split in ("train", "test")}
     for name, path in _images(cifar_plain).items():

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from rtsal import BlackBox
-from rtsal.checkpoint import MASKER_WEIGHTS, META_NAME, load_masker, save_masker
+from rtsal.engine.checkpoint import MASKER_WEIGHTS, META_NAME, load_masker, save_masker
+from rtsal.engine.model import MaskerConfig, build_masking_model
 from rtsal.errors import CheckpointError
-from rtsal.model import MaskerConfig, build_masking_model
 
 
 class TinyNet(nn.Module):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from rtsal.classes import ClassResolver, normalise_class_name
 from rtsal.errors import AmbiguousClassError, UnknownClassError
-from rtsal.providers.timm_provider import imagenet_classes
+from rtsal.registry.classes import ClassResolver, normalise_class_name
+from rtsal.registry.providers.timm_provider import imagenet_classes
 
 
 @pytest.fixture(scope="module")

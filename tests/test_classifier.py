@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rtsal.blackbox import BlackBox
-from rtsal.classifier import build_classifier
-from rtsal.model import MaskerConfig, build_masking_model
+from rtsal.engine.model import MaskerConfig, build_masking_model
+from rtsal.registry.blackbox import BlackBox
+from rtsal.tools.classifier import build_classifier
 
 
 @pytest.mark.parametrize("arch", ["resnet9", "resnet18"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtsal.checkpoint import load_masker
+from rtsal.engine.checkpoint import load_masker
 from tests.helpers import (
     FASHION_MNIST_REASON,
     assert_one_line_error,

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rtsal.classes import ClassResolver
-from rtsal.data import TensorImageDataset, _read_idx, random_crop_flip, scan_image_folder
+from rtsal.data.folders import TensorImageDataset, _read_idx, random_crop_flip, scan_image_folder
 from rtsal.errors import DataError
-from rtsal.providers.timm_provider import imagenet_classes
-from rtsal.trainer import sample_selectors
+from rtsal.registry.classes import ClassResolver
+from rtsal.registry.providers.timm_provider import imagenet_classes
+from rtsal.training.trainer import sample_selectors
 
 # --------------------------------------------------------------------------- random_crop_flip
 

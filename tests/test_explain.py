@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.boxes import threshold_box
-from rtsal.images import fit_size
+from rtsal.data.images import fit_size
+from rtsal.metrics.boxes import threshold_box
 from tests.helpers import (
     LITE_PLUGIN,
     assert_one_line_error,
@@ -27,9 +27,9 @@ PLUGINS = LITE_PLUGIN
 
 def save_lite0_masker(out: Path, randomise_decoder_batch_norms: bool = False) -> Path:
     """An untrained Lite0 masking model, written as a checkpoint to ``out``."""
-    from rtsal.checkpoint import save_masker
-    from rtsal.model import MaskerConfig, build_masking_model
-    from rtsal.plugins import reset_plugin_manager
+    from rtsal.engine.checkpoint import save_masker
+    from rtsal.engine.model import MaskerConfig, build_masking_model
+    from rtsal.registry.plugins import reset_plugin_manager
 
     reset_plugin_manager(None)
     from rtsal import create_black_box
@@ -208,7 +208,7 @@ def test_missing_input_and_checkpoint(checkpoint, tmp_path):
 def test_explain_inputs_is_the_command_as_a_function(checkpoint, photos, tmp_path):
     """The library call behind `rtsal explain`: records and errors as they come, missing and
     unreadable inputs counted, the contact sheet written."""
-    from rtsal.explain_files import explain_inputs
+    from rtsal.inference.files import explain_inputs
 
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     records: list[dict] = []
@@ -255,7 +255,7 @@ def test_fit_size_keeps_aspect_on_the_stride():
 
 def test_shipped_model_explains_with_no_checkpoint_and_is_class_selective(tmp_path):
     """The default model: top-1 masks are several times larger than masks for absent classes."""
-    from rtsal.checkpoint import SHIPPED
+    from rtsal.engine.checkpoint import SHIPPED
 
     if not (SHIPPED / "rtsal.json").is_file():
         pytest.fail("the shipped masking model is missing from rtsal/assets")
@@ -286,8 +286,8 @@ def test_shipped_model_explains_with_no_checkpoint_and_is_class_selective(tmp_pa
 def test_files_in_turn_or_pipelined_match_one_by_one_explanations(checkpoint, tmp_path, workers):
     """In turn, or with a reader thread and a writer pool: records in input order, the bad file
     reported in its place, masks equal to explaining each image alone, every file written."""
-    from rtsal.explain import Explainer
-    from rtsal.explain_files import expand_inputs, explain_files
+    from rtsal.inference.explainer import Explainer
+    from rtsal.inference.files import expand_inputs, explain_files
 
     src = tmp_path / "in"
     src.mkdir()
@@ -324,7 +324,7 @@ def test_in_background_keeps_order_forwards_errors_and_stops():
     import threading
     import time
 
-    from rtsal._pipeline import in_background
+    from rtsal.inference.pipeline import in_background
 
     assert list(in_background(iter(range(50)), depth=3)) == list(range(50))
 
@@ -348,7 +348,7 @@ def test_folded_batch_norms_give_the_same_masks(tmp_path):
     """The explanation path folds the decoder's BatchNorms; masks must not change. The
     BatchNorms have random statistics (an untrained model's are identities, and folding those
     could not go wrong): the masks without them differ, with them folded they do not."""
-    from rtsal.explain import Explainer
+    from rtsal.inference.explainer import Explainer
 
     checkpoint = save_lite0_masker(tmp_path / "lite0", randomise_decoder_batch_norms=True)
     im = Image.fromarray(skdata.chelsea())
@@ -387,8 +387,8 @@ def _frames(path: Path) -> list[np.ndarray]:
 
 
 def test_video_in_turn_and_threaded_write_the_same_overlays(checkpoint, tmp_path):
-    from rtsal.explain import Explainer
-    from rtsal.video import explain_video
+    from rtsal.inference.explainer import Explainer
+    from rtsal.inference.video import explain_video
 
     clip = tmp_path / "clip.mp4"
     _write_clip(clip, frames=8)
@@ -419,8 +419,8 @@ def test_corrupt_video_is_one_line(checkpoint, tmp_path):
 def test_onnxruntime_backend_matches_pytorch_and_caches_its_export(tmp_path, monkeypatch):
     """The shipped model under ONNX Runtime: same top-1, masks and probabilities as PyTorch."""
     pytest.importorskip("onnxruntime")
-    from rtsal.checkpoint import default_checkpoint
-    from rtsal.explain import Explainer
+    from rtsal.engine.checkpoint import default_checkpoint
+    from rtsal.inference.explainer import Explainer
 
     checkpoint = default_checkpoint()
 

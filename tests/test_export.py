@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.export import (
+from rtsal.inference.export import (
     ExportableMasker,
     ExportCheck,
     ExportError,
@@ -33,7 +33,7 @@ CATS = range(281, 286)  # ImageNet's domestic cats: tabby ... Egyptian cat
 
 @pytest.fixture(scope="module")
 def wrapper() -> ExportableMasker:
-    from rtsal.plugins import reset_plugin_manager
+    from rtsal.registry.plugins import reset_plugin_manager
 
     reset_plugin_manager(None)
     return ExportableMasker.from_checkpoint()  # the shipped model
@@ -61,7 +61,7 @@ def reference(wrapper: ExportableMasker, x: torch.Tensor, classes: torch.Tensor)
 
 
 def test_wrapper_gives_what_the_explainer_gives(wrapper):
-    from rtsal.explain import Explainer
+    from rtsal.inference.explainer import Explainer
 
     x = photo()
     mask, logits, classes = Explainer(device="cpu", resize="square").masks(x, None)
@@ -133,7 +133,7 @@ def test_sidecar_says_how_to_feed_the_model(wrapper, exported):
 
 
 def test_a_failed_export_leaves_the_previous_file(wrapper, tmp_path, monkeypatch):
-    import rtsal.export
+    import rtsal.inference.export
 
     out = tmp_path / "masker.onnx"
     out.write_text("previous")
@@ -150,7 +150,7 @@ def test_a_failed_export_leaves_the_previous_file(wrapper, tmp_path, monkeypatch
 
     monkeypatch.setattr(torch.onnx, "export", lambda model, args, f, **kw: Path(f).write_text("x"))
     bad = ExportCheck(mask_diff=0.5, prob_diff=0.0, prob_sum_diff=0.0, runs=1, shapes=[])
-    monkeypatch.setattr(rtsal.export, "check_onnx", lambda *a, **kw: bad)
+    monkeypatch.setattr(rtsal.inference.export, "check_onnx", lambda *a, **kw: bad)
     with pytest.raises(ExportError, match=r"max \|Δmask\| = 0.5 > 0.0001"):
         export_onnx(wrapper, out, check=True)
     assert out.read_text() == "previous"
@@ -160,9 +160,9 @@ def test_a_failed_export_leaves_the_previous_file(wrapper, tmp_path, monkeypatch
 def test_a_separate_encoder_is_exported_with_the_black_box(tmp_path):
     """A small encoder trained from scratch: the probabilities come from the black box's own
     pass, which normalises its [0, 1] input inside the graph."""
-    from rtsal.blackbox import BlackBox
-    from rtsal.classifier import build_classifier
-    from rtsal.model import MaskerConfig, build_masking_model
+    from rtsal.engine.model import MaskerConfig, build_masking_model
+    from rtsal.registry.blackbox import BlackBox
+    from rtsal.tools.classifier import build_classifier
 
     torch.manual_seed(0)
     box = BlackBox(

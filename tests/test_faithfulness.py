@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rtsal.blackbox import BlackBox
-from rtsal.faithfulness import (
+from rtsal.metrics.faithfulness import (
     PointingGame,
     baseline_image,
     box_distance,
@@ -19,6 +18,7 @@ from rtsal.faithfulness import (
     pointing_hit,
     saliency_ranks,
 )
+from rtsal.registry.blackbox import BlackBox
 
 
 class Brightness(nn.Module):

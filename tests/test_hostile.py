@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from rtsal.data.images import load_image
 from rtsal.errors import DataError, RtsalError
-from rtsal.images import load_image
 from tests.helpers import LITE_PLUGIN, assert_one_line_error, run_rtsal
 
 
@@ -113,8 +113,8 @@ def test_pickled_checkpoint_payload_is_refused_not_run(tmp_path):
     ckpt.mkdir()
     with open(ckpt / "model.pth", "wb") as f:
         pickle.dump({"weight": Payload()}, f)
-    from rtsal._weights import load_state_dict
     from rtsal.errors import CheckpointError
+    from rtsal.registry.weights import load_state_dict
 
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_state_dict(ckpt / "model.pth")
@@ -137,8 +137,8 @@ def test_pickled_checkpoint_payload_is_refused_not_run(tmp_path):
 def test_nan_losses_are_skipped_then_stop_with_a_clear_error(tmp_path, recwarn):
     from torch import nn
 
-    from rtsal.blackbox import BlackBox
-    from rtsal.trainer import TrainConfig, Trainer
+    from rtsal.registry.blackbox import BlackBox
+    from rtsal.training.trainer import TrainConfig, Trainer
 
     class NaNNet(nn.Module):
         def __init__(self):
@@ -184,7 +184,7 @@ def test_corrupt_training_state_is_one_line(tmp_path):
 
 
 def test_truncated_checkpoint_weights(tmp_path):
-    from rtsal.checkpoint import load_masker
+    from rtsal.engine.checkpoint import load_masker
     from rtsal.errors import CheckpointError
 
     (tmp_path / "rtsal.json").write_text(

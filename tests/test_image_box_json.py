@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rtsal.errors import DataError
-from rtsal.localization import read_boxes, read_image_box_json
+from rtsal.metrics.localization import read_boxes, read_image_box_json
 from tests.helpers import SHARED_DATA
 
 

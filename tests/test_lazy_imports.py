@@ -64,7 +64,7 @@ def test_version_does_not_import_torch_or_plugins():
     assert stdout.strip() == f"rtsal {rtsal.__version__}"
     assert "rtsal.cli" in modules and "typer" in modules  # the list is real
     assert "torch" not in modules and "timm" not in modules
-    assert "rtsal.plugins" not in modules  # plugins' commands are not needed for --version
+    assert "rtsal.registry.plugins" not in modules  # plugins' commands are not needed for --version
 
 
 def test_help_loads_the_builtin_plugins_without_torch():
@@ -72,7 +72,7 @@ def test_help_loads_the_builtin_plugins_without_torch():
     names and import torch only when something is built."""
     stdout, modules = run_rtsal_listing_modules("--help", env=NO_PLUGINS)
     assert "explain" in stdout and "blackboxes" in stdout
-    assert {"rtsal.explainers", "rtsal.providers.timm_provider"} <= modules
+    assert {"rtsal.methods", "rtsal.registry.providers.timm_provider"} <= modules
     assert "torch" not in modules and "timm" not in modules
 
 

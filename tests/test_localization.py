@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rtsal.errors import DataError
-from rtsal.localization import (
+from rtsal.metrics.localization import (
     LocalisationError,
     MaxBoxAccuracy,
     best_iou,
@@ -30,7 +30,7 @@ from rtsal.localization import (
     read_voc_xml,
     threshold_grid,
 )
-from rtsal.metrics import mask_array, resize_box
+from rtsal.metrics.saliency import mask_array, resize_box
 
 
 def rect_mask(size: int, *rects: tuple[int, int, int, int, float]) -> torch.Tensor:

@@ -15,18 +15,18 @@ from torch import nn
 
 import rtsal
 from rtsal.errors import RtsalError, UnknownNameError
-from rtsal.explainers.contrast import (
+from rtsal.methods.contrast import (
     ContrastMethod,
     colour_contrast,
     descend_on_input,
     superpixel_mean,
 )
-from rtsal.explainers.gradcam import GradCAMMethod, default_target_layer
-from rtsal.explainers.guided import GuidedBackpropMethod
-from rtsal.explainers.iterative import IterativeMaskMethod
-from rtsal.methods import create_method
-from rtsal.plugins import make_plugin_manager, reset_plugin_manager
-from rtsal.providers.timm_provider import timm_black_box
+from rtsal.methods.gradcam import GradCAMMethod, default_target_layer
+from rtsal.methods.guided import GuidedBackpropMethod
+from rtsal.methods.iterative import IterativeMaskMethod
+from rtsal.registry.methods import create_method
+from rtsal.registry.plugins import make_plugin_manager, reset_plugin_manager
+from rtsal.registry.providers.timm_provider import timm_black_box
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -91,7 +91,7 @@ def top_classes(box: rtsal.BlackBox, images: torch.Tensor) -> torch.Tensor:
 
 def build(method: str, box: rtsal.BlackBox):
     if method == "masker":  # an untrained masking model: the contract, not the quality
-        from rtsal.model import MaskerConfig, build_masking_model
+        from rtsal.engine.model import MaskerConfig, build_masking_model
 
         torch.manual_seed(0)
         config = MaskerConfig(
@@ -453,7 +453,7 @@ def test_contrast_masks_follow_superpixels(images):
     mask = method.refine(raw[0], images[0])
     assert mask.max() == 1 and mask.min() == 0
     # constant inside each superpixel
-    from rtsal.explainers.contrast import slic_superpixels
+    from rtsal.methods.contrast import slic_superpixels
 
     labels = slic_superpixels(images[0].permute(1, 2, 0).double().numpy(), 100, 10.0)
     for label in np.unique(labels):

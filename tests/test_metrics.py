@@ -8,8 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from rtsal.blackbox import BlackBox
-from rtsal.metrics import box_iou, crop_resize, saliency_metric, saliency_score, salient_box
+from rtsal.metrics.saliency import (
+    box_iou,
+    crop_resize,
+    saliency_metric,
+    saliency_score,
+    salient_box,
+)
+from rtsal.registry.blackbox import BlackBox
 
 
 class Brightness(nn.Module):

@@ -4,9 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rtsal.blackbox import BlackBox
-from rtsal.errors import RtsalError
-from rtsal.model import (
+from rtsal.engine.model import (
     TOP1,
     FeatureFilter,
     MaskerConfig,
@@ -15,8 +13,10 @@ from rtsal.model import (
     SmallEncoder,
     build_masking_model,
 )
-from rtsal.objective import PRESETS, SaliencyObjective
-from rtsal.providers.timm_provider import timm_black_box
+from rtsal.engine.objective import PRESETS, SaliencyObjective
+from rtsal.errors import RtsalError
+from rtsal.registry.blackbox import BlackBox
+from rtsal.registry.providers.timm_provider import timm_black_box
 
 
 class TinyNet(nn.Module):

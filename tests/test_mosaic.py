@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.data import ImageFileDataset
-from rtsal.mosaic import (
+from rtsal.data.folders import ImageFileDataset
+from rtsal.data.mosaic import (
     MosaicDataset,
     compose,
     inside_fraction,
@@ -19,7 +19,7 @@ from rtsal.mosaic import (
     render_case,
     tile_boxes,
 )
-from rtsal.trainer import sample_selectors
+from rtsal.training.trainer import sample_selectors
 from tests.helpers import SHARED_DATA
 
 
@@ -164,8 +164,8 @@ class _TileOracle(torch.nn.Module):
     not (SHARED_DATA / "imagenet-sample").is_dir(), reason="../shared/data is not present"
 )
 def test_validator_scores_a_perfect_tile_oracle(tmp_path):
-    from rtsal.blackbox import create_black_box
-    from rtsal.validation import Validator
+    from rtsal.registry.blackbox import create_black_box
+    from rtsal.training.validation import Validator
 
     samples = _colour_folder(tmp_path, classes=6, per_class=2)
     box = create_black_box("efficientnet_lite0")
@@ -178,7 +178,7 @@ def test_validator_scores_a_perfect_tile_oracle(tmp_path):
 
 
 def test_mosaic_scores_by_hand():
-    from rtsal.mosaic import score_mosaic_masks
+    from rtsal.data.mosaic import score_mosaic_masks
 
     H, W = 8, 8
     boxes = tile_boxes(4, H, W)  # target tiles: 0 then 3

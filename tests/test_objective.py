@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from rtsal.errors import UnknownNameError
-from rtsal.model import MaskerOutput
-from rtsal.objective import (
+from rtsal.engine.model import MaskerOutput
+from rtsal.engine.objective import (
     PRESETS,
     SaliencyObjective,
     area,
@@ -18,6 +17,7 @@ from rtsal.objective import (
     smoothness_sum,
     total_variation,
 )
+from rtsal.errors import UnknownNameError
 
 
 class FixedLogits(nn.Module):

@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.data import ImageFileDataset, open_dataset
-from rtsal.errors import DataError
-from rtsal.photos import (
+from rtsal.data.folders import ImageFileDataset, open_dataset
+from rtsal.data.photos import (
     assert_no_evaluation_photos,
     difference_hash,
     hamming,
@@ -21,6 +20,7 @@ from rtsal.photos import (
     is_evaluation_photo,
     select_training_photos,
 )
+from rtsal.errors import DataError
 from tests.helpers import SHARED_DATA
 
 VAL_BOXES = SHARED_DATA / "imagenet-val-boxes"
@@ -163,13 +163,13 @@ def test_confidence_floor(tmp_path):
 
 @needs_shared
 def test_black_box_labels_match_its_top1_on_real_photos(tmp_path):
-    from rtsal.blackbox import create_black_box
+    from rtsal.registry.blackbox import create_black_box
 
     box = create_black_box("efficientnet_lite0")
     photos = _sample_photos(6)
     infos, bad = index_photos(photos, black_box=box, batch_size=4, index_file=tmp_path / "i.jsonl")
     assert not bad
-    from rtsal.images import load_image, photo_transform, pil_to_tensor
+    from rtsal.data.images import load_image, photo_transform, pil_to_tensor
 
     t = photo_transform(box.input_size, False, box.interpolation, box.crop_pct)
     x = torch.stack([pil_to_tensor(t(load_image(p))) for p in photos])
@@ -178,8 +178,8 @@ def test_black_box_labels_match_its_top1_on_real_photos(tmp_path):
     assert [i.label for i in infos] == p.argmax(1).tolist()
     assert np.allclose([i.confidence for i in infos], p.max(1).values.numpy(), atol=1e-4)
     # ImageNet photos named by synset: the black box agrees with the name on most of them
-    from rtsal.classes import ClassResolver
-    from rtsal.data import _label_for
+    from rtsal.data.folders import _label_for
+    from rtsal.registry.classes import ClassResolver
 
     resolver = ClassResolver.for_black_box(box)
     named = [_label_for(p.stem, resolver) for p in photos]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtsal.pixel_metrics import (
+from rtsal.metrics.pixel import (
     PixelMaskEvaluation,
     evaluate_pixel_masks,
     f_measure,

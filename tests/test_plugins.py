@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 import rtsal
-from rtsal import hookimpl, hookspecs
-from rtsal.blackbox import create_black_box, list_black_boxes
+from rtsal import hookimpl
 from rtsal.errors import UnknownBlackBoxError
-from rtsal.plugins import PluginWarning, make_plugin_manager, reset_plugin_manager
+from rtsal.registry import hookspecs
+from rtsal.registry.blackbox import create_black_box, list_black_boxes
+from rtsal.registry.plugins import PluginWarning, make_plugin_manager, reset_plugin_manager
 from tests.helpers import REPO, run_rtsal
 
 HOOKS = sorted(
@@ -110,7 +111,7 @@ def test_register_black_box_providers(plugin_manager):
 
 
 def test_register_methods(plugin_manager):
-    from rtsal.methods import create_method, list_methods
+    from rtsal.registry.methods import create_method, list_methods
 
     class Ones:
         def __init__(self, black_box, **options):
@@ -136,7 +137,7 @@ def test_register_methods(plugin_manager):
 def test_a_raising_hook_warns_and_the_rest_still_works(plugin_manager):
     """Fail-soft hooks: a plugin whose hooks raise (or register junk) is skipped with a warning
     naming it; every other black box and method is still found."""
-    from rtsal.methods import create_method, list_methods
+    from rtsal.registry.methods import create_method, list_methods
 
     class Broken:
         @hookimpl
@@ -169,7 +170,7 @@ def test_a_raising_hook_warns_and_the_rest_still_works(plugin_manager):
 
 
 def test_registries_are_built_once_per_manager(plugin_manager):
-    from rtsal import blackbox, methods
+    from rtsal.registry import blackbox, methods
 
     calls = []
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rtsal.removal import (
+from rtsal.engine.removal import (
     EvidenceRemoval,
     RemovalConfig,
     alternative_image,

@@ -47,7 +47,7 @@ def train_args(classifier: Path, out: Path, *extra) -> list[str]:
 
 
 def state_step(out: Path) -> int:
-    from rtsal.trainer import read_training_state
+    from rtsal.training.trainer import read_training_state
 
     try:
         return read_training_state(out)["meta"]["step"]

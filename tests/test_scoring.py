@@ -12,9 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.classes import ClassResolver
-from rtsal.explain import Explanation, threshold_box
-from rtsal.scoring import (
+from rtsal.inference.explainer import Explanation, threshold_box
+from rtsal.metrics.scoring import (
     Sample,
     SampleSource,
     ScoringOptions,
@@ -25,6 +24,7 @@ from rtsal.scoring import (
     score_method,
     spread,
 )
+from rtsal.registry.classes import ClassResolver
 from tests.helpers import LITE_PLUGIN, assert_one_line_error
 from tests.helpers import run_rtsal as _run
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.classes import ClassResolver
-from rtsal.data import open_dataset, split_folder
+from rtsal.data.folders import open_dataset, split_folder
+from rtsal.registry.classes import ClassResolver
 
 
 def _make(root, names, per_class=6, size=16):
@@ -54,7 +54,7 @@ def test_split_folder_decodes_into_memory_with_the_black_box_order(tmp_path):
 
 
 def test_classifier_trains_on_a_split_folder(tmp_path):
-    from rtsal.classifier import ClassifierConfig, load_classifier, train_classifier
+    from rtsal.tools.classifier import ClassifierConfig, load_classifier, train_classifier
 
     names = ["red", "green", "blue"]
     root = _make(tmp_path / "c", names, per_class=20)

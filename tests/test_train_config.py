@@ -7,7 +7,7 @@ import typer
 from typer.testing import CliRunner
 
 from rtsal.errors import RtsalError
-from rtsal.trainer import TrainConfig, read_config_file
+from rtsal.training.trainer import TrainConfig, read_config_file
 
 
 def test_file_then_options_override_defaults(tmp_path):

@@ -63,7 +63,7 @@ def test_library_use_untrained(photo: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_library_use_checkpoint(photo: Path, tmp_path: Path, capsys) -> None:
-    from rtsal.checkpoint import save_masker
+    from rtsal.engine.checkpoint import save_masker
 
     library_use = import_example("library_use")
     box = rtsal.create_black_box(MY_MODEL)

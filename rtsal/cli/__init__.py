@@ -94,7 +94,7 @@ def _register_builtin_commands() -> None:
 
 
 def _register_plugin_commands() -> None:
-    from rtsal.plugins import call_each
+    from rtsal.registry.plugins import call_each
 
     call_each("register_commands", lambda plugin: {"app": app})
 

@@ -20,8 +20,8 @@ def blackboxes(
     """List registered black boxes (and, given a pattern, matching timm models)."""
     from rich.table import Table
 
-    from rtsal.blackbox import list_black_boxes
     from rtsal.cli._console import out
+    from rtsal.registry.blackbox import list_black_boxes
 
     rows = list_black_boxes(pattern or "*", include_providers=pattern is not None)
     if json_out:

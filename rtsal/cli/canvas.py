@@ -37,7 +37,9 @@ def canvas(
     seed: Annotated[int, typer.Option(help="Same seed and options, same files.")] = 0,
     data_root: Annotated[
         Path | None,
-        typer.Option(help="Where the source data set is (a folder or .tar.gz; see rtsal.data)."),
+        typer.Option(
+            help="Where the source data set is (a folder or .tar.gz; see rtsal.data.folders)."
+        ),
     ] = None,
     clutter: Annotated[
         bool,
@@ -48,7 +50,7 @@ def canvas(
 ) -> None:
     """Real objects on larger cluttered canvases, with exact boxes (Pascal VOC) and pixel masks,
     for scoring saliency maps on localisation and segmentation."""
-    from rtsal.canvas import CanvasConfig, make_canvas_dataset
+    from rtsal.tools.canvas import CanvasConfig, make_canvas_dataset
 
     cfg = CanvasConfig(
         source=source,

@@ -44,7 +44,7 @@ def train_classifier_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a classifier; the output directory then works as --blackbox DIR."""
-    from rtsal.classifier import ClassifierConfig, train_classifier
+    from rtsal.tools.classifier import ClassifierConfig, train_classifier
 
     cfg = ClassifierConfig(
         data=data,
@@ -101,11 +101,11 @@ def evaluate_classifier_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Top-1 / top-5 accuracy of a black box, with its own preprocessing."""
-    from rtsal.blackbox import create_black_box
-    from rtsal.classes import ClassResolver
-    from rtsal.classifier import black_box_accuracy
-    from rtsal.data import make_loader, open_dataset
+    from rtsal.data.folders import make_loader, open_dataset
     from rtsal.device import resolve_device
+    from rtsal.registry.blackbox import create_black_box
+    from rtsal.registry.classes import ClassResolver
+    from rtsal.tools.classifier import black_box_accuracy
 
     dev = resolve_device(device)
     box = create_black_box(blackbox, weights=str(weights) if weights else None).to(dev)

@@ -38,17 +38,17 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Accuracy, f_c on preserved/destroyed images and mask areas for true and fake classes."""
-    from rtsal.checkpoint import load_masker, prepare_out_dir
-    from rtsal.classes import ClassResolver
-    from rtsal.data import make_loader, open_dataset
+    from rtsal.data.folders import make_loader, open_dataset
     from rtsal.device import resolve_device
-    from rtsal.evaluate import evaluate_masker
-    from rtsal.objective import ObjectiveConfig
-    from rtsal.visualize import figure6_grid
+    from rtsal.engine.checkpoint import load_masker, prepare_out_dir
+    from rtsal.engine.objective import ObjectiveConfig
+    from rtsal.inference.visualize import figure6_grid
+    from rtsal.registry.classes import ClassResolver
+    from rtsal.tools.evaluate import evaluate_masker
 
     out_dir = prepare_out_dir(out) if out else None
     dev = resolve_device(device)
-    from rtsal.blackbox import create_black_box
+    from rtsal.registry.blackbox import create_black_box
 
     box = create_black_box(blackbox) if blackbox else None
     model, box, meta = load_masker(checkpoint, box, device=dev)

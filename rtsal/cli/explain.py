@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rtsal.cli._console import err, progress_bar
+from rtsal.inference import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
-    from rtsal.explain_files import ExplainRun
+    from rtsal.inference.files import ExplainRun
 
 PARTIAL_FAILURE_EXIT = 3
 
@@ -97,7 +98,7 @@ def explain(
     out: Out = None,
     save_npy: SaveNpy = False,
     resize: Resize = "fit",
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     size: Size = None,
     device: Device = "auto",
     backend: Backend = "pytorch",
@@ -108,8 +109,8 @@ def explain(
     """Explain what the black box sees in each input; writes masks, overlays and the
     (image x mask, image x (1 - mask)) pair. Exit code 3 when some inputs could not be read."""
     from rtsal.errors import RtsalError
-    from rtsal.explain_files import explain_inputs, video_input
-    from rtsal.methods import parse_method_options
+    from rtsal.inference.files import explain_inputs, video_input
+    from rtsal.registry.methods import parse_method_options
 
     if topk is not None and topk < 1:
         raise typer.BadParameter("--topk must be at least 1")

@@ -60,7 +60,7 @@ def export(
     probabilities (B, K). Batch, height and width are dynamic; height and width must be
     multiples of the encoder's stride (32 for the shipped model; size_multiple in the side-car).
     """
-    from rtsal.export import (
+    from rtsal.inference.export import (
         ExportableMasker,
         check_opset,
         export_onnx,

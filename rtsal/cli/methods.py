@@ -15,7 +15,7 @@ def methods(
     from rich.table import Table
 
     from rtsal.cli._console import out
-    from rtsal.methods import list_methods
+    from rtsal.registry.methods import list_methods
 
     rows = list_methods()
     if json_out:

@@ -1,6 +1,7 @@
 """``rtsal metric`` and ``rtsal localize``: the paper's evaluation for any method, one pass per
-method over the images. Each command reads its options into a :class:`rtsal.scoring.SampleSource`
-and :class:`rtsal.scoring.ScoringOptions` and calls :func:`rtsal.scoring.run_scoring`."""
+method over the images. Each command reads its options into a
+:class:`rtsal.metrics.scoring.SampleSource` and :class:`rtsal.metrics.scoring.ScoringOptions`
+and calls :func:`rtsal.metrics.scoring.run_scoring`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from rtsal.cli._console import err, progress_bar
-from rtsal.scoring import SampleSource, ScoringOptions
+from rtsal.metrics.scoring import SampleSource, ScoringOptions
 
 _DEFAULT = ScoringOptions()  # every default of the scoring options lives in ScoringOptions
 
@@ -146,7 +147,7 @@ def metric(
 ) -> None:
     """Score a method: the paper's saliency metric (default), localisation, pointing game,
     deletion/insertion AUC, and PR curve / max F_beta / MAE against pixel masks."""
-    from rtsal.methods import parse_method_options
+    from rtsal.registry.methods import parse_method_options
 
     options = ScoringOptions(
         metrics=metrics,
@@ -196,7 +197,7 @@ def localize(
     """Weakly supervised localisation: the paper's error (mask > 0.5, tightest box, IoU > 0.5
     with a ground-truth box of the class) and MaxBoxAcc over thresholds."""
     from rtsal.errors import RtsalError
-    from rtsal.methods import parse_method_options
+    from rtsal.registry.methods import parse_method_options
 
     if boxes is None:
         raise RtsalError("rtsal localize needs --boxes (VOC XML, COCO JSON or CSV)")
@@ -216,7 +217,7 @@ def localize(
 
 
 def _run(source: SampleSource, options: ScoringOptions, json_out: bool) -> None:
-    from rtsal.scoring import run_scoring
+    from rtsal.metrics.scoring import run_scoring
 
     with progress_bar() as progress:
         result = run_scoring(source, options, progress=progress)

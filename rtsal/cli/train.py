@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from rtsal.cli._console import err, parse_ints, progress_bar
-from rtsal.train_config import TrainConfig
+from rtsal.training.config import TrainConfig
 
 _DEFAULT = TrainConfig(blackbox="", data="")  # every default lives in TrainConfig
 _INT_LISTS = ("upsampler_channels", "small_widths", "mosaic_tiles")
@@ -20,207 +20,229 @@ def _ints(values: tuple[int, ...]) -> str:
     return ",".join(map(str, values))
 
 
+# One alias per option, so the command reads as its parameters.
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Training options from a TOML or JSON file (keys named as the options, "
+        "e.g. lr = 5e-4, upsampler_channels = [256, 128, 64]); options given on the "
+        "command line win."
+    ),
+]
+BlackboxOption = Annotated[
+    str | None,
+    typer.Option(
+        "--blackbox",
+        "-b",
+        help="Black box to explain: a timm "
+        "name, file.py:factory, a classifier checkpoint, or a plugin's name.",
+    ),
+]
+DataOption = Annotated[
+    str | None,
+    typer.Option("--data", "-d", help="Image folder, or cifar10 / fashion-mnist."),
+]
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option(help="Continue the run in this directory (its own options are used)."),
+]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")]
+DataRootOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Local copy of a named data set (folder or .tar.gz); downloads when absent and online."
+    ),
+]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(help="Black-box weights file (safetensors, or a .pt/.pth tensor file)."),
+]
+PretrainedOption = Annotated[bool, typer.Option(help="Use pretrained black-box weights.")]
+PresetOption = Annotated[str, typer.Option(help="Objective preset: paper or authors.")]
+EpochsOption = Annotated[float | None, typer.Option(help="Epochs to train.")]
+StepsOption = Annotated[int | None, typer.Option(help="Steps to train (overrides --epochs).")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Images per step.")]
+ImageSizeOption = Annotated[
+    int | None, typer.Option(help="Training resolution (default: the black box's input size).")
+]
+WeightDecayOption = Annotated[float, typer.Option(help="AdamW weight decay.")]
+ScheduleOption = Annotated[str, typer.Option(help="cosine, step or constant.")]
+WarmupStepsOption = Annotated[int, typer.Option(help="Linear warm-up steps.")]
+TvWeightOption = Annotated[float | None, typer.Option("--tv-weight", help="lambda1 (smoothness).")]
+AreaWeightOption = Annotated[float | None, typer.Option("--area-weight", help="lambda2 (area).")]
+PreserveWeightOption = Annotated[float | None, typer.Option(help="Weight of the preserve term.")]
+DestroyWeightOption = Annotated[float | None, typer.Option(help="lambda3 (destroy term).")]
+DestroyPowerOption = Annotated[float | None, typer.Option(help="lambda4 (destroy power).")]
+EmbedWeightOption = Annotated[
+    float | None, typer.Option(help="Weight of the class-embedding speed-up term (0 = off).")
+]
+FakeProbOption = Annotated[float, typer.Option(help="Share of fake class selectors.")]
+EncoderOption = Annotated[
+    str,
+    typer.Option(
+        help="auto, blackbox (share the black box's network), "
+        "small (paper's from-scratch encoder) or timm:NAME."
+    ),
+]
+EmbeddingOption = Annotated[
+    str, typer.Option(help="auto, learned, classifier-init or classifier-tied.")
+]
+UpsamplerChannelsOption = Annotated[str, typer.Option(help="Widths of the upsampler blocks.")]
+BottlenecksOption = Annotated[int, typer.Option(help="Bottleneck blocks per upsampler.")]
+SmallWidthsOption = Annotated[str, typer.Option(help="Widths of the small encoder's blocks.")]
+MaskStrideOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Head resolution relative to the image (default 4; 2 for the small encoder)."
+    ),
+]
+LimitOption = Annotated[int | None, typer.Option(help="Train on a seeded subset of this size.")]
+HoldoutOption = Annotated[
+    float,
+    typer.Option(help="Fraction of an image folder to hold out (listed in OUT/holdout.txt)."),
+]
+WorkersOption = Annotated[int, typer.Option(help="Data-loading worker processes.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+AmpOption = Annotated[bool, typer.Option(help="Mixed precision on CUDA.")]
+ChannelsLastOption = Annotated[
+    bool, typer.Option(help="Channels-last memory layout (faster on CPUs).")
+]
+NormOption = Annotated[
+    str,
+    typer.Option(
+        help="batch or group normalisation in the decoder (group: the same "
+        "result on any number of processes)."
+    ),
+]
+CheckpointEveryOption = Annotated[
+    int, typer.Option(help="Steps between resumable checkpoints (0: only at the end).")
+]
+InitOption = Annotated[
+    Path | None,
+    typer.Option(help="Start from this masking-model checkpoint (same model options)."),
+]
+MaxBadStepsOption = Annotated[
+    int, typer.Option(help="Stop after this many non-finite losses in a row.")
+]
+LabelsOption = Annotated[
+    str,
+    typer.Option(
+        help="Where labels come from: folder (class folders or synset file names) or "
+        "blackbox (the black box's top-1 class, so any folder of photos is training data)."
+    ),
+]
+MinConfidenceOption = Annotated[
+    float,
+    typer.Option(help="--labels blackbox: keep photos whose top-1 probability is at least this."),
+]
+ExcludeOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        help="Evaluation folder whose photos, and copies of them, are never trained on "
+        "(repeatable). ILSVRC2012_val_* files are always left out."
+    ),
+]
+DedupOption = Annotated[bool, typer.Option(help="Leave out repeated photos.")]
+CropScaleOption = Annotated[
+    float, typer.Option(help="Random resized crops keep at least this share of the photo.")
+]
+ColorJitterOption = Annotated[
+    float, typer.Option(help="Brightness, contrast and saturation jitter (0: off).")
+]
+MosaicOption = Annotated[
+    float,
+    typer.Option(
+        help="Share of training samples that are mosaics of 2 or 4 photos of different "
+        "classes, the selector naming one tile's class."
+    ),
+]
+MosaicTilesOption = Annotated[str, typer.Option(help="Tile counts to draw from: 2, 4 or 2,4.")]
+ValEveryOption = Annotated[
+    int,
+    typer.Option(
+        help="Validate every N steps on held-out photos (mosaic localisation, masks' "
+        "probabilities and areas); the best model so far goes to OUT/best. Needs --holdout."
+    ),
+]
+ValPhotosOption = Annotated[
+    int, typer.Option(help="Held-out photos (and as many mosaics) for validation.")
+]
+KeepValidatedOption = Annotated[
+    bool, typer.Option(help="Keep the model of every validation in OUT/validated/step-N.")
+]
+ValBoxesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Photos with exact boxes (a boxes.json, or a folder holding one; never "
+        "evaluation photos): validation then scores box localisation and picks OUT/best by it."
+    ),
+]
+JsonOutOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
 def train(
     ctx: typer.Context,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            help="Training options from a TOML or JSON file (keys named as the options, "
-            "e.g. lr = 5e-4, upsampler_channels = [256, 128, 64]); options given on the "
-            "command line win."
-        ),
-    ] = None,
-    blackbox: Annotated[
-        str | None,
-        typer.Option(
-            "--blackbox",
-            "-b",
-            help="Black box to explain: a timm "
-            "name, file.py:factory, a classifier checkpoint, or a plugin's name.",
-        ),
-    ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option("--data", "-d", help="Image folder, or cifar10 / fashion-mnist."),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(help="Continue the run in this directory (its own options are used)."),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")] = Path(
-        "runs/masker"
-    ),
-    data_root: Annotated[
-        str | None,
-        typer.Option(
-            help="Local copy of a named data set (folder "
-            "or .tar.gz); downloads when absent and online."
-        ),
-    ] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option(help="Black-box weights file (safetensors, or a .pt/.pth tensor file)."),
-    ] = None,
-    pretrained: Annotated[
-        bool, typer.Option(help="Use pretrained black-box weights.")
-    ] = _DEFAULT.pretrained,
-    preset: Annotated[
-        str, typer.Option(help="Objective preset: paper or authors.")
-    ] = _DEFAULT.preset,
-    epochs: Annotated[float | None, typer.Option(help="Epochs to train.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Steps to train (overrides --epochs).")] = None,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Images per step.")
-    ] = _DEFAULT.batch_size,
-    image_size: Annotated[
-        int | None, typer.Option(help="Training resolution (default: the black box's input size).")
-    ] = None,
+    config: ConfigOption = None,
+    blackbox: BlackboxOption = None,
+    data: DataOption = None,
+    resume: ResumeOption = None,
+    out: OutOption = Path("runs/masker"),
+    data_root: DataRootOption = None,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = _DEFAULT.pretrained,
+    preset: PresetOption = _DEFAULT.preset,
+    epochs: EpochsOption = None,
+    steps: StepsOption = None,
+    batch_size: BatchSizeOption = _DEFAULT.batch_size,
+    image_size: ImageSizeOption = None,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = _DEFAULT.lr,
-    weight_decay: Annotated[
-        float, typer.Option(help="AdamW weight decay.")
-    ] = _DEFAULT.weight_decay,
-    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = _DEFAULT.schedule,
-    warmup_steps: Annotated[
-        int, typer.Option(help="Linear warm-up steps.")
-    ] = _DEFAULT.warmup_steps,
-    tv_weight: Annotated[
-        float | None, typer.Option("--tv-weight", help="lambda1 (smoothness).")
-    ] = None,
-    area_weight: Annotated[
-        float | None, typer.Option("--area-weight", help="lambda2 (area).")
-    ] = None,
-    preserve_weight: Annotated[
-        float | None, typer.Option(help="Weight of the preserve term.")
-    ] = None,
-    destroy_weight: Annotated[float | None, typer.Option(help="lambda3 (destroy term).")] = None,
-    destroy_power: Annotated[float | None, typer.Option(help="lambda4 (destroy power).")] = None,
-    embed_weight: Annotated[
-        float | None, typer.Option(help="Weight of the class-embedding speed-up term (0 = off).")
-    ] = None,
-    fake_prob: Annotated[
-        float, typer.Option(help="Share of fake class selectors.")
-    ] = _DEFAULT.fake_prob,
-    encoder: Annotated[
-        str,
-        typer.Option(
-            help="auto, blackbox (share the black box's network), "
-            "small (paper's from-scratch encoder) or timm:NAME."
-        ),
-    ] = _DEFAULT.encoder,
-    embedding: Annotated[
-        str, typer.Option(help="auto, learned, classifier-init or classifier-tied.")
-    ] = _DEFAULT.embedding,
-    upsampler_channels: Annotated[
-        str, typer.Option(help="Widths of the upsampler blocks.")
-    ] = _ints(_DEFAULT.upsampler_channels),
-    bottlenecks: Annotated[
-        int, typer.Option(help="Bottleneck blocks per upsampler.")
-    ] = _DEFAULT.bottlenecks,
-    small_widths: Annotated[
-        str, typer.Option(help="Widths of the small encoder's blocks.")
-    ] = _ints(_DEFAULT.small_widths),
-    mask_stride: Annotated[
-        int | None,
-        typer.Option(
-            help="Head resolution relative to the image (default 4; 2 for the small encoder)."
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Train on a seeded subset of this size.")
-    ] = None,
-    holdout: Annotated[
-        float,
-        typer.Option(help="Fraction of an image folder to hold out (listed in OUT/holdout.txt)."),
-    ] = _DEFAULT.holdout,
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = _DEFAULT.workers,
+    weight_decay: WeightDecayOption = _DEFAULT.weight_decay,
+    schedule: ScheduleOption = _DEFAULT.schedule,
+    warmup_steps: WarmupStepsOption = _DEFAULT.warmup_steps,
+    tv_weight: TvWeightOption = None,
+    area_weight: AreaWeightOption = None,
+    preserve_weight: PreserveWeightOption = None,
+    destroy_weight: DestroyWeightOption = None,
+    destroy_power: DestroyPowerOption = None,
+    embed_weight: EmbedWeightOption = None,
+    fake_prob: FakeProbOption = _DEFAULT.fake_prob,
+    encoder: EncoderOption = _DEFAULT.encoder,
+    embedding: EmbeddingOption = _DEFAULT.embedding,
+    upsampler_channels: UpsamplerChannelsOption = _ints(_DEFAULT.upsampler_channels),
+    bottlenecks: BottlenecksOption = _DEFAULT.bottlenecks,
+    small_widths: SmallWidthsOption = _ints(_DEFAULT.small_widths),
+    mask_stride: MaskStrideOption = None,
+    limit: LimitOption = None,
+    holdout: HoldoutOption = _DEFAULT.holdout,
+    workers: WorkersOption = _DEFAULT.workers,
     seed: Annotated[int, typer.Option(help="Random seed.")] = _DEFAULT.seed,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = _DEFAULT.device,
-    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = _DEFAULT.amp,
-    channels_last: Annotated[
-        bool, typer.Option(help="Channels-last memory layout (faster on CPUs).")
-    ] = _DEFAULT.channels_last,
-    norm: Annotated[
-        str,
-        typer.Option(
-            help="batch or group normalisation in the decoder (group: the same "
-            "result on any number of processes)."
-        ),
-    ] = _DEFAULT.norm,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="Steps between resumable checkpoints (0: only at the end).")
-    ] = _DEFAULT.checkpoint_every,
-    init: Annotated[
-        Path | None,
-        typer.Option(help="Start from this masking-model checkpoint (same model options)."),
-    ] = None,
-    max_bad_steps: Annotated[
-        int, typer.Option(help="Stop after this many non-finite losses in a row.")
-    ] = _DEFAULT.max_bad_steps,
-    labels: Annotated[
-        str,
-        typer.Option(
-            help="Where labels come from: folder (class folders or synset file names) or "
-            "blackbox (the black box's top-1 class, so any folder of photos is training data)."
-        ),
-    ] = _DEFAULT.labels,
-    min_confidence: Annotated[
-        float,
-        typer.Option(
-            help="--labels blackbox: keep photos whose top-1 probability is at least this."
-        ),
-    ] = _DEFAULT.min_confidence,
-    exclude: Annotated[
-        list[Path] | None,
-        typer.Option(
-            help="Evaluation folder whose photos, and copies of them, are never trained on "
-            "(repeatable). ILSVRC2012_val_* files are always left out."
-        ),
-    ] = None,
-    dedup: Annotated[bool, typer.Option(help="Leave out repeated photos.")] = _DEFAULT.dedup,
-    crop_scale: Annotated[
-        float, typer.Option(help="Random resized crops keep at least this share of the photo.")
-    ] = _DEFAULT.crop_scale,
-    color_jitter: Annotated[
-        float, typer.Option(help="Brightness, contrast and saturation jitter (0: off).")
-    ] = _DEFAULT.color_jitter,
-    mosaic: Annotated[
-        float,
-        typer.Option(
-            help="Share of training samples that are mosaics of 2 or 4 photos of different "
-            "classes, the selector naming one tile's class."
-        ),
-    ] = _DEFAULT.mosaic,
-    mosaic_tiles: Annotated[
-        str, typer.Option(help="Tile counts to draw from: 2, 4 or 2,4.")
-    ] = _ints(_DEFAULT.mosaic_tiles),
-    val_every: Annotated[
-        int,
-        typer.Option(
-            help="Validate every N steps on held-out photos (mosaic localisation, masks' "
-            "probabilities and areas); the best model so far goes to OUT/best. Needs --holdout."
-        ),
-    ] = _DEFAULT.val_every,
-    val_photos: Annotated[
-        int, typer.Option(help="Held-out photos (and as many mosaics) for validation.")
-    ] = _DEFAULT.val_photos,
-    keep_validated: Annotated[
-        bool, typer.Option(help="Keep the model of every validation in OUT/validated/step-N.")
-    ] = _DEFAULT.keep_validated,
-    val_boxes: Annotated[
-        Path | None,
-        typer.Option(
-            help="Photos with exact boxes (a boxes.json, or a folder holding one; never "
-            "evaluation photos): validation then scores box localisation and picks OUT/best by it."
-        ),
-    ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    device: DeviceOption = _DEFAULT.device,
+    amp: AmpOption = _DEFAULT.amp,
+    channels_last: ChannelsLastOption = _DEFAULT.channels_last,
+    norm: NormOption = _DEFAULT.norm,
+    checkpoint_every: CheckpointEveryOption = _DEFAULT.checkpoint_every,
+    init: InitOption = None,
+    max_bad_steps: MaxBadStepsOption = _DEFAULT.max_bad_steps,
+    labels: LabelsOption = _DEFAULT.labels,
+    min_confidence: MinConfidenceOption = _DEFAULT.min_confidence,
+    exclude: ExcludeOption = None,
+    dedup: DedupOption = _DEFAULT.dedup,
+    crop_scale: CropScaleOption = _DEFAULT.crop_scale,
+    color_jitter: ColorJitterOption = _DEFAULT.color_jitter,
+    mosaic: MosaicOption = _DEFAULT.mosaic,
+    mosaic_tiles: MosaicTilesOption = _ints(_DEFAULT.mosaic_tiles),
+    val_every: ValEveryOption = _DEFAULT.val_every,
+    val_photos: ValPhotosOption = _DEFAULT.val_photos,
+    keep_validated: KeepValidatedOption = _DEFAULT.keep_validated,
+    val_boxes: ValBoxesOption = None,
+    json_out: JsonOutOption = False,
 ) -> None:
     """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT.
 
     Ctrl-C saves and stops; --resume OUT continues. Under torchrun (torchrun --nproc-per-node N
     -m rtsal train ...) the processes share each global batch of --batch-size images.
     """
-    from rtsal.trainer import Trainer, resume_trainer
+    from rtsal.training.trainer import Trainer, resume_trainer
 
     if resume is not None:
         trainer = resume_trainer(resume, **({"steps": steps} if steps is not None else {}))
@@ -258,7 +280,7 @@ def _given_options(ctx: typer.Context) -> dict[str, Any]:
 
 
 def _run(trainer, json_out: bool, headline: str) -> None:
-    from rtsal.distributed import shutdown
+    from rtsal.engine.distributed import shutdown
 
     main = trainer.dist.is_main
     if main:

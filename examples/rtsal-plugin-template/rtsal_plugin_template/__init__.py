@@ -2,7 +2,7 @@
 command. Copy this package, rename it, and replace the network with yours.
 
 rtsal finds this module through the ``rtsal`` entry point in ``pyproject.toml`` and calls the
-functions below marked with ``@rtsal.hookimpl`` (see ``rtsal.hookspecs`` for every hook).
+functions below marked with ``@rtsal.hookimpl`` (see ``rtsal.registry.hookspecs`` for every hook).
 """
 
 from __future__ import annotations

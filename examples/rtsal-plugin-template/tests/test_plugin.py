@@ -11,7 +11,7 @@ from importlib import metadata
 import pytest
 import rtsal
 import torch
-from rtsal.plugins import make_plugin_manager, reset_plugin_manager
+from rtsal.registry.plugins import make_plugin_manager, reset_plugin_manager
 
 template = pytest.importorskip(
     "rtsal_plugin_template", reason="not installed: pip install -e examples/rtsal-plugin-template"

@@ -105,7 +105,7 @@ def create_efficientnet_lite(
     A user's ``weights`` file is matched to timm's names first (a timm state dict) and, failing
     that, in order (a file in the packages' own layout).
     """
-    from rtsal.providers.timm_provider import timm_black_box
+    from rtsal import timm_black_box
 
     build = partial(timm_black_box, variant.timm_name, name=variant.name, provider=PLUGIN_NAME)
     if weights:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pluggy
 import pytest
-from rtsal.plugins import make_plugin_manager, reset_plugin_manager
+from rtsal.registry.plugins import make_plugin_manager, reset_plugin_manager
 
 
 @pytest.fixture

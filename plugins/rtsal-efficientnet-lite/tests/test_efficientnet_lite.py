@@ -56,7 +56,7 @@ def test_plugin_manager_discovers_plugin(plugin_manager: pluggy.PluginManager) -
 
 def test_autoload_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTSAL_DISABLE_PLUGIN_AUTOLOAD", "1")
-    from rtsal.plugins import make_plugin_manager
+    from rtsal.registry.plugins import make_plugin_manager
 
     assert make_plugin_manager().get_plugin("efficientnet-lite") is None
 
@@ -66,7 +66,7 @@ def test_autoload_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_aliases_resolve(plugin_manager: pluggy.PluginManager, alias: str) -> None:
     assert rtsal.is_black_box(alias)
-    entry = rtsal.blackbox.registry().entries[alias.lower()]
+    entry = rtsal.registry.blackbox.registry().entries[alias.lower()]
     assert entry.name == "efficientnet_lite0"
     assert entry.plugin == "efficientnet-lite"
 

@@ -1,0 +1,646 @@
+"""Data sets for training and evaluation, as images in [0, 1] with black-box class indices.
+
+``open_dataset(spec, ...)`` accepts an image directory (class sub-folders, or a flat folder whose
+file names start with a synset such as ``n02088364_beagle.JPEG``) or a named set, ``cifar10`` or
+``fashion-mnist``: read from ``--data-root`` (a torchvision root, a folder of JPEGs in
+``{train,test}/<class>/``, or a ``.tar.gz`` of one) and downloaded by torchvision when online.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import tarfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from rtsal.data.cache import cache_dir
+from rtsal.data.images import IMAGE_EXTENSIONS, load_image, photo_transform, pil_to_tensor
+from rtsal.data.photos import assert_no_evaluation_photos, select_training_photos
+from rtsal.engine._rng import AUGMENT, MOSAIC, generator, mix
+from rtsal.errors import DataError, RtsalError
+from rtsal.registry.classes import ClassResolver
+
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NAMED_SETS = ("cifar10", "fashion-mnist")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+# --------------------------------------------------------------------------- in-memory sets
+
+
+def random_crop_flip(
+    x: torch.Tensor, pad: int, flip: bool = True, draws: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample random translation (reflect padding) and horizontal flip of a batch.
+
+    ``draws`` (B, 3) uniforms in [0, 1) fix the randomness (row shift, column shift, flip);
+    without them the global generator is used.
+    """
+    B, C, H, W = x.shape
+    u = draws if draws is not None else torch.rand(B, 3)
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        i = (u[:, 0] * (2 * pad + 1)).long().clamp(max=2 * pad)
+        j = (u[:, 1] * (2 * pad + 1)).long().clamp(max=2 * pad)
+        rows = (i[:, None] + torch.arange(H))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (j[:, None] + torch.arange(W))[:, None, None, :]  # (B, 1, 1, W)
+        x = xp[
+            torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None], rows, cols
+        ]
+    if flip:
+        f = u[:, 2] < 0.5
+        x = torch.where(f[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+class TensorImageDataset(Dataset):
+    """Images held as uint8 (N, C, H, W); batches are fetched and augmented in one go."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        class_names: Sequence[str],
+        *,
+        size: tuple[int, int] | None = None,
+        augment: bool = False,
+        pad: int = 4,
+        name: str = "",
+    ):
+        self.images = images
+        self.labels = labels.long()
+        self.class_names = list(class_names)
+        self.size = size
+        self.augment = augment
+        self.pad = pad
+        self.name = name
+        self.aug_seed: int | None = None  # set: augmentation keyed by (seed, epoch, index)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, seed: int | None) -> None:
+        self.epoch, self.aug_seed = epoch, seed
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitems__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx_t = torch.as_tensor(list(idx), dtype=torch.long)
+        x = self.images[idx_t].float().div_(255)  # (B, C, H, W)
+        if self.augment:
+            draws = None
+            if self.aug_seed is not None:
+                draws = torch.stack(
+                    [
+                        torch.rand(3, generator=generator(self.aug_seed, self.epoch, AUGMENT, i))
+                        for i in idx_t.tolist()
+                    ]
+                )
+            x = random_crop_flip(x, self.pad, draws=draws)
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False).clamp_(0, 1)
+        return x, self.labels[idx_t]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    @staticmethod
+    def collate(batch):
+        return batch
+
+
+# --------------------------------------------------------------------------- image files
+
+
+class ImageFileDataset(Dataset):
+    """(path, label) pairs read with :func:`rtsal.data.images.load_image`.
+
+    A corrupt file does not stop a long run: it is reported once and replaced by the next file.
+    A training set refuses evaluation photos (``ILSVRC2012_val_*``), whatever listed them.
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[Path, int]],
+        class_names: Sequence[str],
+        *,
+        size: tuple[int, int],
+        train: bool = False,
+        interpolation: str = "bilinear",
+        crop_pct: float = 1.0,
+        mode: str = "RGB",
+        name: str = "",
+        crop_scale: float = 0.35,
+        color_jitter: float = 0.0,
+    ):
+        if train:
+            assert_no_evaluation_photos(samples)
+        self.samples = samples
+        self.class_names = list(class_names)
+        self.size = size
+        self.train = train
+        self._transform_args = (train, interpolation, crop_pct, crop_scale, color_jitter)
+        self._transforms: dict[tuple[int, int], Any] = {}
+        self.transform = self._transform_for(size)
+        self.mode = mode
+        self.name = name
+        self._bad: set[int] = set()
+        self.aug_seed: int | None = None  # set: augmentation keyed by (seed, epoch, index)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, seed: int | None) -> None:
+        self.epoch, self.aug_seed = epoch, seed
+
+    def _transform_for(self, size: tuple[int, int]):
+        if size not in self._transforms:
+            self._transforms[size] = photo_transform(size, *self._transform_args)
+        return self._transforms[size]
+
+    def _transform(self, im, index: int, size=None, stream: int = AUGMENT):
+        transform = self._transform_for(tuple(size or self.size))
+        if self.aug_seed is None:
+            return transform(im)
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
+            torch.manual_seed(mix(self.aug_seed, self.epoch, stream, index))
+            return transform(im)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _read(self, i: int):
+        """The image and label of sample ``i``, or of the next readable one."""
+        for k in range(len(self.samples)):
+            j = (i + k) % len(self.samples)
+            path, label = self.samples[j]
+            try:
+                return load_image(path, self.mode), label
+            except DataError as exc:
+                if j not in self._bad:
+                    self._bad.add(j)
+                    warnings.warn(f"skipping unreadable training image: {exc}", stacklevel=3)
+        raise DataError(f"no readable images in {self.name}")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        im, label = self._read(i)
+        return pil_to_tensor(self._transform(im, i)), label
+
+    def load(self, i: int, size: tuple[int, int], key: int) -> tuple[torch.Tensor, int]:
+        """Sample ``i`` transformed to ``size`` (a mosaic tile), its randomness keyed by ``key``."""
+        im, label = self._read(i)
+        return pil_to_tensor(self._transform(im, key, size, stream=MOSAIC)), label
+
+
+_SYNSET = re.compile(r"^(n\d{8})")
+
+
+def _label_for(name: str, resolver: ClassResolver) -> int | None:
+    candidates = [] if name.isdigit() else [name]
+    m = _SYNSET.match(name)
+    if m:
+        candidates.append(m.group(1))
+    if "_" in name and not name.split("_", 1)[1].isdigit():  # IMG_0001 is not class 1
+        candidates.append(name.split("_", 1)[1])
+    for c in candidates:
+        try:
+            return resolver.resolve(c)
+        except RtsalError:
+            continue
+    return None
+
+
+def scan_image_folder(root: Path, resolver: ClassResolver) -> list[tuple[Path, int]]:
+    """Samples of an image folder, labelled in the black box's class indices.
+
+    Class sub-folders are matched to class names/synsets; a flat folder is labelled from file
+    names (``n02088364_beagle.JPEG``). When no folder name matches but there are as many folders
+    as classes, folders are taken in sorted order (torchvision's ``ImageFolder`` convention).
+    """
+    if not root.exists():
+        raise DataError(f"data path not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"data path is not a directory: {root}")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    samples: list[tuple[Path, int]] = []
+    if subdirs:
+        labels = {d: _label_for(d.name, resolver) for d in subdirs}
+        if all(v is None for v in labels.values()) and len(subdirs) == len(resolver.class_names):
+            labels = {d: i for i, d in enumerate(subdirs)}
+        unknown = [d.name for d, v in labels.items() if v is None]
+        if unknown:
+            raise DataError(
+                f"{root}: folder(s) {', '.join(unknown[:5])} match no class of the black box"
+            )
+        for d in subdirs:
+            for p in sorted(d.rglob("*")):
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+                    samples.append((p, labels[d]))
+    else:
+        for p in sorted(root.iterdir()):
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+                label = _label_for(p.stem, resolver)
+                if label is None:
+                    raise DataError(f"{p}: cannot tell its class from the file name")
+                samples.append((p, label))
+    if not samples:
+        raise DataError(f"no images found in {root}")
+    return samples
+
+
+def split_folder(root: str | Path) -> tuple[list[str], int] | None:
+    """Class names and channels of a *split folder*: ``train/`` and ``test/`` with one
+    sub-folder per class (``rtsal canvas`` writes these). Class order comes from ``canvas.json``
+    (``classes``) or ``classes.txt`` (one per line) when present, else sorted folder names.
+    None when ``root`` is not a split folder."""
+    root = Path(root).expanduser()
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        return None
+    names: list[str] | None = None
+    channels = 3
+    described = root / "canvas.json"
+    if described.is_file():
+        try:
+            info = json.loads(described.read_text())
+            names = [str(n) for n in info.get("classes") or info["class_names"]]
+            channels = int(info.get("channels", 3))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{described}: unreadable ({exc})") from None
+    elif (root / "classes.txt").is_file():
+        names = [n.strip() for n in (root / "classes.txt").read_text().splitlines() if n.strip()]
+    else:
+        names = sorted(
+            d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
+    if not names:
+        raise DataError(f"{root / 'train'}: no class folders")
+    return names, channels
+
+
+def load_split_folder(
+    root: str | Path, split: str, class_names: Sequence[str], channels: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split of a split folder decoded once into uint8 (N, C, H, W) and labels (cached)."""
+    return _decode_jpeg_tree(
+        Path(root).expanduser(), split, class_names, "L" if channels == 1 else "RGB"
+    )
+
+
+# --------------------------------------------------------------------------- named sets
+
+
+def _npz_cache(key: str) -> Path:
+    return cache_dir() / "arrays" / f"{key}.npz"
+
+
+def _decode_jpeg_tree(root: Path, split: str, class_names: Sequence[str], mode: str):
+    split_dir = root / split
+    stamp = [split_dir.stat().st_mtime_ns if split_dir.exists() else 0]
+    stamp += [
+        (root / f).stat().st_mtime_ns for f in ("canvas.json", "classes.txt") if (root / f).exists()
+    ]
+    key = hashlib.sha1(
+        f"{split_dir.resolve()}|{mode}|{stamp}|{list(class_names)}".encode()
+    ).hexdigest()[:16]
+    cached = _npz_cache(f"{split}-{key}")
+    if cached.exists():
+        with np.load(cached) as z:
+            return torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+    xs, ys = [], []
+    for label, name in enumerate(class_names):
+        d = split_dir / name.replace("/", "_")
+        if not d.is_dir():
+            raise DataError(f"{split_dir}: class folder {name!r} is missing")
+        for p in sorted(d.iterdir()):
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                a = np.asarray(load_image(p, mode), dtype=np.uint8)
+                xs.append(a if a.ndim == 3 else a[:, :, None])
+                ys.append(label)
+    x = np.stack(xs).transpose(0, 3, 1, 2).copy()
+    y = np.asarray(ys, dtype=np.int64)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, x=x, y=y)
+    os.replace(tmp, cached)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _extract_tarball(path: Path) -> Path:
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    dest = cache_dir() / "extracted" / key
+    done = dest / ".complete"
+    if not done.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(path) as tf:
+                tf.extractall(dest, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: cannot extract ({exc})") from None
+        done.touch()
+    return dest
+
+
+def _find_jpeg_root(root: Path, name: str) -> Path | None:
+    for cand in (root / name, root):
+        if (cand / "train").is_dir() and (cand / "test").is_dir():
+            return cand
+    return None
+
+
+def _load_cifar10(root: Path | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if root is not None:
+        if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+            root = _extract_tarball(root)
+        if not root.exists():
+            raise DataError(f"data root not found: {root}")
+        jpeg = _find_jpeg_root(root, "cifar10")
+        if jpeg is not None:
+            return _decode_jpeg_tree(jpeg, split, CIFAR10_CLASSES, "RGB")
+    from torchvision.datasets import CIFAR10
+
+    tv_root = root or cache_dir() / "torchvision"
+    try:
+        ds = CIFAR10(str(tv_root), train=split == "train", download=root is None)
+    except Exception as exc:
+        raise DataError(
+            f"CIFAR-10 not found under {tv_root} and could not be downloaded "
+            f"({type(exc).__name__}); pass --data-root with a torchvision root, a folder of "
+            "JPEGs (train/, test/) or a .tar.gz of one"
+        ) from None
+    return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise DataError(f"{path}: truncated IDX file")
+    return arr.reshape(dims)
+
+
+def _load_fashion_mnist(root: Path | None, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    prefix = "train" if split == "train" else "t10k"
+    roots = [root] if root is not None else []
+    roots += [DEBIAN_FASHION_MNIST, cache_dir() / "torchvision" / "FashionMNIST" / "raw"]
+    for r in roots:
+        for sub in (r, r / "FashionMNIST" / "raw"):
+            for ext in (".gz", ""):
+                imgs = sub / f"{prefix}-images-idx3-ubyte{ext}"
+                labs = sub / f"{prefix}-labels-idx1-ubyte{ext}"
+                if imgs.is_file() and labs.is_file():
+                    x = torch.from_numpy(_read_idx(imgs).copy()).unsqueeze(1)
+                    y = torch.from_numpy(_read_idx(labs).astype(np.int64))
+                    if x.shape[0] != y.shape[0]:
+                        raise DataError(f"{sub}: images and labels differ in number")
+                    return x, y
+    if root is not None and not root.exists():
+        raise DataError(f"data root not found: {root}")
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        ds = FashionMNIST(str(cache_dir() / "torchvision"), train=split == "train", download=True)
+    except Exception as exc:
+        raise DataError(
+            f"Fashion-MNIST not found and could not be downloaded ({type(exc).__name__}); "
+            "install Debian's dataset-fashion-mnist or pass --data-root"
+        ) from None
+    return ds.data.unsqueeze(1), ds.targets
+
+
+@dataclass
+class DataSpec:
+    """What ``--data`` names, before a black box fixes sizes and labels."""
+
+    spec: str
+    root: Path | None = None
+
+    @property
+    def named(self) -> str | None:
+        key = self.spec.lower().replace("_", "-")
+        return {
+            "cifar10": "cifar10",
+            "cifar-10": "cifar10",
+            "fashion-mnist": "fashion-mnist",
+            "fashionmnist": "fashion-mnist",
+        }.get(key)
+
+
+def named_class_names(name: str) -> tuple[str, ...]:
+    return CIFAR10_CLASSES if name == "cifar10" else FASHION_MNIST_CLASSES
+
+
+def open_dataset(
+    spec: str,
+    *,
+    split: str = "train",
+    size: tuple[int, int] | None = None,
+    train: bool = False,
+    resolver: ClassResolver | None = None,
+    data_root: str | Path | None = None,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+    channels: int = 3,
+    limit: int | None = None,
+    seed: int = 0,
+    labels: str = "folder",
+    black_box=None,
+    min_confidence: float = 0.3,
+    exclude: Sequence[str | Path] = (),
+    dedup: bool = True,
+    crop_scale: float = 0.35,
+    color_jitter: float = 0.0,
+    progress=None,
+) -> Dataset:
+    """Open a data set; ``train`` turns on augmentation, ``limit`` takes a seeded subset.
+
+    For training on an image folder, evaluation photos and duplicates are left out and
+    ``labels="blackbox"`` labels any photo with ``black_box``'s top-1 class (see
+    :func:`rtsal.data.photos.select_training_photos`); the selection's report is the data set's
+    ``selection``."""
+    ds_spec = DataSpec(spec, Path(data_root).expanduser() if data_root else None)
+    named = ds_spec.named
+    if named is not None:
+        loader = _load_cifar10 if named == "cifar10" else _load_fashion_mnist
+        x, y = loader(ds_spec.root, split)
+        if x.shape[1] != channels:
+            x = x.expand(-1, 3, -1, -1).contiguous() if channels == 3 else x[:, :1]
+        if limit is not None and limit < len(y):
+            g = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(len(y), generator=g)[:limit].sort().values
+            x, y = x[keep], y[keep]
+        pad = max(1, x.shape[-1] // 8)
+        return TensorImageDataset(
+            x, y, named_class_names(named), size=size, augment=train, pad=pad, name=named
+        )
+    root = Path(spec).expanduser()
+    if resolver is None:
+        raise RtsalError("an image folder needs a black box to map its class names")
+    if split_folder(root) is not None:  # train/ and test/: decoded once, held in memory
+        x, y = load_split_folder(root, split, resolver.class_names, channels)
+        if limit is not None and limit < len(y):
+            g = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(len(y), generator=g)[:limit].sort().values
+            x, y = x[keep], y[keep]
+        return TensorImageDataset(
+            x,
+            y,
+            resolver.class_names,
+            size=size,
+            augment=train,
+            pad=max(1, x.shape[-1] // 8),
+            name=str(root),
+        )
+    selection = None
+    if train:
+        selection = select_training_photos(
+            root,
+            labels=labels,
+            labelled=scan_image_folder(root, resolver) if labels == "folder" else None,
+            black_box=black_box,
+            min_confidence=min_confidence,
+            exclude=exclude,
+            dedup=dedup,
+            progress=progress,
+        )
+        samples = selection.samples
+    elif labels != "folder":
+        raise DataError("--labels blackbox applies to training")
+    else:
+        samples = scan_image_folder(root, resolver)
+    if limit is not None and limit < len(samples):
+        g = torch.Generator().manual_seed(seed)
+        keep = sorted(torch.randperm(len(samples), generator=g)[:limit].tolist())
+        samples = [samples[i] for i in keep]
+    dataset = ImageFileDataset(
+        samples,
+        resolver.class_names,
+        size=size or (224, 224),
+        train=train,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+        mode="L" if channels == 1 else "RGB",
+        name=str(root),
+        crop_scale=crop_scale,
+        color_jitter=color_jitter,
+    )
+    dataset.selection = selection
+    return dataset
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int = 0,
+    drop_last: bool = False,
+    sampler=None,
+):
+    """A DataLoader that fetches in-memory sets batch-at-a-time and seeds its shuffling."""
+    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+    g = torch.Generator().manual_seed(seed)
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=g) if shuffle else SequentialSampler(dataset)
+    collate = getattr(dataset, "collate", None)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        generator=g,
+    )
+
+
+class EpochBatchSampler:
+    """Batches of one epoch in a seeded order, sharded over processes, resumable.
+
+    The epoch's order is a permutation keyed by ``(seed, epoch)``; global batch ``j`` is
+    ``perm[j*G:(j+1)*G]`` with ``G = batch_size * world_size`` and process ``rank`` takes its
+    ``batch_size`` slice, so one process with batch ``G`` sees exactly the samples that
+    ``world_size`` processes see together. ``start`` skips the first batches (resuming).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+    ):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start, self.rank, self.world = start, rank, world_size
+        self.drop_last = drop_last
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world
+
+    def num_batches(self) -> int:
+        full, rest = divmod(self.n, self.global_batch)
+        return full if (self.drop_last or rest < self.world) else full + 1
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start)
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=generator(self.seed, self.epoch)).tolist()
+        G = self.global_batch
+        for j in range(self.start, self.num_batches()):
+            chunk = perm[j * G : (j + 1) * G]
+            share = len(chunk) // self.world
+            yield chunk[self.rank * share : (self.rank + 1) * share]

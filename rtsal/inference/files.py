@@ -1,0 +1,345 @@
+"""Explaining files and folders: expand inputs, stream them in batches, write masks, overlays,
+the Figure-1 pair and a contact sheet; report unreadable files without stopping.
+:func:`explain_inputs` is ``rtsal explain`` as a function (photos, folders, globs or a video)."""
+
+from __future__ import annotations
+
+import glob
+import html
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rtsal.data.images import IMAGE_EXTENSIONS, is_image_path, load_image, pil_to_tensor
+from rtsal.errors import DataError, RtsalError
+from rtsal.inference import DEFAULT_BATCH_SIZE
+from rtsal.inference.explainer import Explainer, Explanation, batched_by_size, slug
+from rtsal.inference.pipeline import OrderedWrites, default_workers, read_ahead
+from rtsal.inference.visualize import overlay
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
+@dataclass
+class InputItem:
+    path: Path
+    name: str  # unique output stem, from the path relative to the input it came from
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[str]]:
+    """Files, folders (recursively) and globs -> image items; missing inputs are reported."""
+    items: list[InputItem] = []
+    missing: list[str] = []
+    seen: set[Path] = set()
+
+    def add(p: Path, root: Path | None) -> None:
+        rp = p.resolve()
+        if rp in seen:
+            return
+        seen.add(rp)
+        rel = p.relative_to(root) if root is not None else Path(p.name)
+        name = "__".join(rel.with_suffix("").parts)
+        items.append(InputItem(p, name))
+
+    for spec in inputs:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(f, p)
+        elif p.is_file():
+            add(p, None)
+        elif any(ch in spec for ch in "*?["):
+            hits = sorted(Path(h) for h in glob.glob(spec, recursive=True))
+            files = [h for h in hits if h.is_file() and is_image_path(h)]
+            if not files:
+                missing.append(f"{spec}: no image matches")
+            for f in files:
+                add(f, None)
+        else:
+            missing.append(f"{spec}: no such file or directory")
+    names: dict[str, int] = {}
+    for it in items:  # make output stems unique
+        n = names.get(it.name, 0)
+        names[it.name] = n + 1
+        if n:
+            it.name = f"{it.name}_{n}"
+    return items, missing
+
+
+@dataclass
+class ExplainSummary:
+    explained: int = 0
+    failed: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def output_files(out: Path, stem: str, e: Explanation, save_npy: bool) -> dict[str, str]:
+    """The files written for one image and class: mask PNG, overlay, Figure-1 pair (and .npy)."""
+    base = f"{stem}.{slug(e.class_name)}"
+    files = {
+        "mask": out / f"{base}.mask.png",
+        "overlay": out / f"{base}.overlay.jpg",
+        "pair": out / f"{base}.pair.jpg",
+    }
+    if save_npy:
+        files["npy"] = out / f"{base}.mask.npy"
+    return {k: str(v) for k, v in files.items()}
+
+
+def _save_outputs(files: dict[str, str], im: Image.Image, e: Explanation) -> None:
+    x = pil_to_tensor(im)  # (3, H, W)
+    m = e.mask[None]  # (1, H, W)
+    mask_img = Image.fromarray((e.mask.numpy() * 255 + 0.5).astype(np.uint8), mode="L")
+    mask_img.save(files["mask"])
+    overlay(x, m).save(files["overlay"], quality=90)
+    pair = torch.cat(
+        [x * m, torch.ones(3, x.shape[1], max(4, x.shape[2] // 50)), x * (1 - m)], dim=2
+    )
+    Image.fromarray((pair.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(
+        files["pair"], quality=90
+    )
+    if "npy" in files:
+        np.save(files["npy"], e.mask.numpy().astype(np.float32))
+
+
+def record_for(
+    path: Path, im: Image.Image, e: Explanation, files: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "input": str(path),
+        "width": im.width,
+        "height": im.height,
+        "class_index": e.class_index,
+        "class_name": e.class_name,
+        "p_image": round(e.p_image, 6),
+        "p_image_times_mask": round(e.p_preserved, 6),
+        "p_image_times_inverse_mask": round(e.p_destroyed, 6),
+        "mask_area": round(e.area, 6),
+        "box": list(e.box) if e.box else None,
+        "files": files,
+    }
+
+
+def _read_all(
+    items: Sequence[InputItem], explainer: Explainer
+) -> Iterator[tuple[InputItem, Image.Image | None, torch.Tensor | None, str | None]]:
+    """(item, image, image at model resolution, None), or (item, None, None, error message)."""
+    for it in items:
+        try:
+            im = load_image(it.path)
+            yield it, im, explainer.prepare(im), None
+        except DataError as exc:
+            yield it, None, None, str(exc)
+
+
+def explain_files(
+    explainer: Explainer,
+    items: Sequence[InputItem],
+    *,
+    out: Path | None,
+    classes: Sequence[int] | None = None,
+    topk: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    save_npy: bool = False,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+    on_image: Callable[[], None] | None = None,
+    workers: int | None = None,
+) -> ExplainSummary:
+    """Explain every readable image; unreadable ones are counted in ``summary.failed``.
+
+    Reading runs a batch ahead in a background thread and ``workers`` threads write the output
+    images, so decoding and encoding overlap the model's work; records come out in input order.
+    ``workers=0`` reads, explains and writes in turn, in this thread. The default overlaps only
+    when the model runs on an accelerator (:func:`rtsal.inference.pipeline.default_workers`).
+    """
+    if workers is None:
+        workers = default_workers(explainer.device.type)
+    summary = ExplainSummary()
+    report = on_error or (lambda msg: None)
+
+    def readable() -> Iterator[tuple[tuple[InputItem, torch.Tensor], Image.Image]]:
+        for it, im, x, error in read_ahead(_read_all(items, explainer), workers, 2 * batch_size):
+            if error is not None:
+                summary.failed.append(error)
+                report(error)
+                continue
+            yield (it, x), im  # the key carries the image at model resolution
+
+    with OrderedWrites(workers, bound=2 * batch_size) as writes:
+        for batch in batched_by_size(readable(), explainer, batch_size):
+            images = [im for _, im in batch]
+            prepared = [x for (_, x), _ in batch]
+            results = explainer.explain_batch(images, classes, topk, prepared=prepared)
+            for ((it, _), im), expls in zip(batch, results, strict=True):
+                for e in expls:
+                    files: dict[str, str] = {}
+                    if out:
+                        files = output_files(out, it.name, e, save_npy)
+                        writes.submit(_save_outputs, files, im, e)
+                    rec = record_for(it.path, im, e, files)
+                    summary.records.append({k: v for k, v in rec.items()})
+                    if on_record:
+                        on_record(rec)
+                summary.explained += 1
+                if on_image:
+                    on_image()
+    if out is not None and summary.records:
+        write_contact_sheet(out, summary)
+    return summary
+
+
+def write_contact_sheet(out: Path, summary: ExplainSummary) -> Path:
+    """``index.html``: one row per image and class with its overlay, mask and pair."""
+    rows = []
+    for r in summary.records:
+        f = {k: Path(v).name for k, v in r["files"].items()}
+        rows.append(
+            "<tr>"
+            f"<td><img src='{html.escape(f['overlay'])}'></td>"
+            f"<td><img src='{html.escape(f['mask'])}'></td>"
+            f"<td><img src='{html.escape(f['pair'])}'></td>"
+            f"<td><b>{html.escape(r['class_name'])}</b> ({r['class_index']})<br>"
+            f"{html.escape(Path(r['input']).name)}<br>"
+            f"p(image) {r['p_image']:.3f}<br>p(image&times;M) {r['p_image_times_mask']:.3f}<br>"
+            f"p(image&times;(1&minus;M)) {r['p_image_times_inverse_mask']:.3f}<br>"
+            f"mask area {r['mask_area']:.3f}</td></tr>"
+        )
+    failed = "".join(f"<li>{html.escape(m)}</li>" for m in summary.failed)
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>rtsal explanations</title>"
+        "<style>body{font-family:sans-serif}img{max-height:180px}td{padding:4px;"
+        "vertical-align:top}</style>"
+        f"<h1>rtsal: {summary.explained} images explained</h1>"
+        "<table><tr><th>overlay</th><th>mask</th><th>image &times; M | image &times; (1&minus;M)"
+        "</th><th>class</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        + (f"<h2>Not explained</h2><ul>{failed}</ul>" if failed else "")
+    )
+    path = out / "index.html"
+    path.write_text(page)
+    (out / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary.records))
+    return path
+
+
+def check_inputs_exist(items: Sequence[InputItem], missing: Sequence[str]) -> None:
+    if not items and missing:
+        raise RtsalError(missing[0] if len(missing) == 1 else f"no inputs found ({missing[0]})")
+    if not items:
+        raise RtsalError("no image files among the inputs")
+
+
+# --------------------------------------------------------------------------- rtsal explain
+
+
+@dataclass
+class ExplainRun:
+    """What :func:`explain_inputs` did: one video written, or the images explained."""
+
+    video: dict[str, Any] | None = None  # input, output, frames, seconds, fps, model_fps, ...
+    summary: ExplainSummary = field(default_factory=ExplainSummary)
+    missing: list[str] = field(default_factory=list)  # inputs that named no file
+    out: Path | None = None  # the images' output folder
+
+    @property
+    def not_read(self) -> int:
+        """Inputs that could not be explained: missing ones and unreadable files."""
+        return len(self.missing) + len(self.summary.failed)
+
+
+def video_input(inputs: Sequence[str]) -> str | None:
+    """The video among ``inputs`` (which must then be the only input), or None."""
+    videos = [p for p in inputs if Path(p).suffix.lower() in VIDEO_EXTENSIONS]
+    if videos and len(inputs) != 1:
+        raise RtsalError("explain one video at a time")
+    return videos[0] if videos else None
+
+
+def explain_inputs(
+    inputs: Sequence[str],
+    *,
+    out: Path | None = None,
+    classes: Sequence[str] | None = None,
+    topk: int | None = None,
+    black_box: str | None = None,
+    save_npy: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    video_size: int | None = None,
+    workers: int | None = None,
+    progress: Any = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+    **explainer_options: Any,
+) -> ExplainRun:
+    """Explain a video, or the images among ``inputs`` (files, folders, globs), as
+    ``rtsal explain`` does.
+
+    ``explainer_options`` are :class:`Explainer`'s keywords; ``black_box`` is a black box's name
+    and ``classes`` are class names, indices or synsets (default: each image's top-1, or its
+    ``topk`` most probable classes). A video is written to ``out`` (default: beside it, as
+    ``.rtsal.mp4``) at ``video_size`` (short side); images to the folder ``out``, if given.
+    Inputs that name no file and unreadable images go to ``on_error`` and are counted in
+    :attr:`ExplainRun.not_read`; ``progress`` is a Rich progress bar.
+    """
+    from rtsal.engine.checkpoint import prepare_out_dir
+    from rtsal.registry.blackbox import create_black_box
+
+    video = video_input(inputs)
+    box = create_black_box(black_box) if black_box else None
+    explainer = Explainer(black_box=box, **explainer_options)
+    wanted = explainer.resolver.resolve_many(classes) if classes else None
+    if video is not None:
+        return _explain_one_video(explainer, video, out, wanted, video_size, workers, progress)
+    items, missing = expand_inputs(inputs)
+    check_inputs_exist(items, missing)  # nothing to explain: an error
+    if on_error:
+        for m in missing:
+            on_error(m)
+    out_dir = prepare_out_dir(out) if out else None
+    task = progress.add_task("explain", total=len(items)) if progress else None
+    summary = explain_files(
+        explainer,
+        items,
+        out=out_dir,
+        classes=wanted,
+        topk=topk,
+        batch_size=batch_size,
+        save_npy=save_npy,
+        workers=workers,
+        on_record=on_record,
+        on_error=on_error,
+        on_image=(lambda: progress.update(task, advance=1)) if progress else None,
+    )
+    return ExplainRun(summary=summary, missing=missing, out=out_dir)
+
+
+def _explain_one_video(
+    explainer: Explainer,
+    video: str,
+    out: Path | None,
+    classes: Sequence[int] | None,
+    short_side: int | None,
+    workers: int | None,
+    progress: Any,
+) -> ExplainRun:
+    from rtsal.inference.video import explain_video
+
+    target = out or Path(video).with_suffix(".rtsal.mp4")
+    stats = explain_video(
+        explainer,
+        Path(video),
+        target,
+        classes=classes,
+        short_side=short_side,
+        progress=progress,
+        workers=workers,
+    )
+    return ExplainRun(video={"input": video, "output": str(target), **stats})

@@ -1,0 +1,141 @@
+"""Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", ICCV 2017).
+
+For class c and a target layer's feature maps ``A^k`` (B, K, h, w):
+``alpha_k = mean_ij d logit_c / d A^k_ij`` and ``L = ReLU(sum_k alpha_k A^k)``, upsampled
+bilinearly to the image and scaled to [0, 1]. It generalises CAM, a baseline of Dabkowski & Gal
+(2017), Table 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtsal.errors import RtsalError, UnknownNameError
+from rtsal.methods._gradients import (
+    check_inputs,
+    class_scores,
+    gradients_enabled,
+    removing_hooks,
+    scale_by_max,
+)
+
+
+def _network(black_box: Any) -> nn.Module:
+    """The classifier inside a black box (its ``.network``), or the module itself."""
+    return getattr(black_box, "network", black_box)
+
+
+def default_target_layer(network: nn.Module, probe: torch.Tensor) -> str:
+    """Name of the module producing the network's last spatial feature map.
+
+    With ``forward_features`` (timm models): the last module, in order of completion, whose
+    output is the very tensor ``forward_features`` returns; an enclosing module completes after
+    its children, so this is the outermost one (ResNet ``layer4``, EfficientNet ``bn2``,
+    MobileNetV3 ``blocks``). Otherwise, or when ``forward_features`` ends in an operation outside
+    any module: the last module whose output is a (B, C, h, w) map with more than one position,
+    i.e. the layer before global pooling. ``probe`` is one input image (1, C, H, W), already in
+    the network's own input space; its values do not matter.
+    """
+    outputs: list[tuple[str, Any]] = []  # (module name, its output), in order of completion
+
+    def recorder(name: str):
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            outputs.append((name, output))
+
+        return record
+
+    with removing_hooks() as handles, torch.no_grad():
+        for name, module in network.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(recorder(name)))
+        forward_features = getattr(network, "forward_features", None)
+        result = forward_features(probe) if callable(forward_features) else network(probe)
+    if callable(forward_features) and isinstance(result, torch.Tensor):
+        for name, output in reversed(outputs):
+            if output is result:
+                return name
+    for name, output in reversed(outputs):
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and output[0, 0].numel() > 1:
+            return name
+    raise RtsalError(
+        "Grad-CAM found no module producing a spatial feature map (B, C, h, w); "
+        "pass target_layer='<module name>'"
+    )
+
+
+class GradCAMMethod:
+    """Grad-CAM (Selvaraju et al., 2017) on one target layer.
+
+    Options:
+        target_layer: name of a module of the black box's network (``black_box.network``), as in
+            ``network.named_modules()``, e.g. ``"layer4"``. Its output must be a feature map
+            (B, K, h, w). Default: the module producing the last spatial feature map (see
+            :func:`default_target_layer`), found with one probe pass on the first call.
+        normalize: ``"max"`` (default) divides each map by its maximum; ``"minmax"`` first
+            subtracts its minimum, as pytorch-grad-cam does (same ranking of pixels, but a map
+            whose floor is above zero marks fewer pixels above a threshold such as 0.5).
+
+    ``mask = scale(upsample(ReLU(sum_k alpha_k A^k)))`` with ``alpha_k`` the spatial mean of
+    ``d logit_c / d A^k``, bilinear upsampling to the image size, and each map divided by its own
+    maximum (so it lies in [0, 1]; a map with no positive evidence is all zero).
+
+    A forward hook on the target layer replaces its output by a detached copy that requires grad,
+    so the gradient stops there (nothing before the layer is differentiated) and later in-place
+    operations cannot alter the saved activations; the hook is removed before ``explain`` returns.
+    """
+
+    def __init__(
+        self, black_box: Any, target_layer: str | None = None, normalize: str = "max"
+    ) -> None:
+        if normalize not in ("max", "minmax"):
+            raise RtsalError(f"Grad-CAM normalize must be max or minmax, not {normalize!r}")
+        self.normalize = normalize
+        self.black_box = black_box
+        self.network = _network(black_box)
+        modules = dict(self.network.named_modules())
+        if target_layer is not None and target_layer not in modules:
+            raise UnknownNameError("target layer", target_layer, [n for n in modules if n])
+        self.target_layer = target_layer
+
+    def resolve_target_layer(self, images: torch.Tensor) -> str:
+        """The target layer's name, found (once) with ``images[:1]`` when none was given."""
+        if self.target_layer is None:
+            normalize = getattr(self.black_box, "normalize", lambda x: x)
+            probe = normalize(images[:1].detach())  # (1, C, H, W)
+            self.target_layer = default_target_layer(self.network, probe)
+        return self.target_layer
+
+    def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        classes = check_inputs(images, classes)  # (B,)
+        layer = self.network.get_submodule(self.resolve_target_layer(images))
+        captured: list[torch.Tensor] = []
+
+        def capture(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                raise RtsalError(
+                    f"Grad-CAM target layer {self.target_layer!r} must output a feature map "
+                    f"(B, K, h, w), got {type(output).__name__} "
+                    f"{tuple(getattr(output, 'shape', ()))}"
+                )
+            activations = output.detach().requires_grad_(True)  # A: (B, K, h, w)
+            captured.append(activations)
+            return activations
+
+        with gradients_enabled(), removing_hooks() as handles:
+            handles.append(layer.register_forward_hook(capture))
+            logits = self.black_box(images.detach().clone())  # (B, K)
+            if not captured:
+                raise RtsalError(f"Grad-CAM target layer {self.target_layer!r} was never called")
+            activations = captured[-1]  # (B, K, h, w)
+            (grads,) = torch.autograd.grad(class_scores(logits, classes).sum(), activations)
+        alpha = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
+        cam = F.relu((alpha * activations.detach()).sum(dim=1, keepdim=True))  # (B, 1, h, w)
+        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if self.normalize == "minmax":
+            cam = cam - cam.flatten(1).amin(1).view(-1, 1, 1, 1)
+        return scale_by_max(cam)  # (B, 1, H, W)
