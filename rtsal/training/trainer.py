@@ -177,6 +177,19 @@ class _StopRequest:
 
 def check_options(cfg: TrainConfig) -> None:
     """Refuse option values that cannot work, before any data or model is loaded."""
+    # steps / epochs: None when not given (then one epoch); given, they must train something
+    if cfg.steps is not None and cfg.steps < 1:
+        raise RtsalError(f"--steps must be at least 1, not {cfg.steps}")
+    if cfg.epochs is not None and not 0 < cfg.epochs < math.inf:
+        raise RtsalError(f"--epochs must be a positive number, not {cfg.epochs}")
+    if not 0 < cfg.lr < math.inf:
+        raise RtsalError(f"--lr must be a positive number, not {cfg.lr}")
+    if not 0 <= cfg.holdout < 1:
+        raise RtsalError(f"--holdout must be in [0, 1), not {cfg.holdout}")
+    if cfg.val_every and cfg.holdout > 0 and cfg.val_photos < 1:
+        raise RtsalError(
+            f"--val-photos must be at least 1 to validate on held-out photos, not {cfg.val_photos}"
+        )
     if not 0 <= cfg.fake_prob < 1:
         raise RtsalError("--fake-prob must be in [0, 1)")
     if cfg.batch_size < 1:
