@@ -43,10 +43,25 @@ def _too_big(path: Path, limit: int, what: str) -> str:
     return f"{path}: {what} exceeds the limit of {limit} pixels (set RTSAL_MAX_PIXELS to allow it)"
 
 
+def _frame_count(im: Image.Image) -> int:
+    """The frames of an animated or multi-page file (GIF, TIFF, WebP, APNG), 1 for a still
+    image. A JPEG's extra pictures (MPO: previews, depth maps) are not frames of the photo."""
+    if im.format == "MPO":
+        return 1
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except Exception:  # a later frame that does not parse: the first is still read
+        im.seek(0)
+        return 1
+
+
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """Open ``path`` as an RGB (or ``"L"``) image, upright, or raise :class:`DataError`."""
+    """Open ``path`` as an RGB (or ``"L"``) image, upright, or raise :class:`DataError`.
+
+    A file with several frames gives its first, with a warning saying so."""
     path = Path(path)
     limit = max_pixels()
+    frames = 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -56,6 +71,7 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
                 with Image.open(path) as im:
                     if im.width * im.height > limit:
                         raise DataError(_too_big(path, limit, f"{im.width}x{im.height} pixels"))
+                    frames = _frame_count(im)
                     im.load()
                     im = ImageOps.exif_transpose(im)
             finally:
@@ -78,6 +94,8 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
         raise DataError(f"{path}: cannot decode image ({type(exc).__name__})") from None
     if im.width < 1 or im.height < 1:
         raise DataError(f"{path}: empty image")
+    if frames > 1:
+        warnings.warn(f"{path}: {frames} frames; explaining the first", stacklevel=2)
     rgb = _to_rgb(im)
     return rgb.convert("L") if mode == "L" else rgb
 
