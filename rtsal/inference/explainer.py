@@ -18,6 +18,7 @@ from rtsal.engine.model import TOP1
 from rtsal.errors import RtsalError
 from rtsal.metrics.boxes import threshold_box
 from rtsal.registry.classes import ClassResolver
+from rtsal.registry.methods import check_method_output
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Explainer:
             self.black_box = black_box.to(self.device)
             self.meta = {}
             self.method = create_method(method, self.black_box, **(method_options or {}))
+            self.method_name = method
         self.black_box.to(memory_format=torch.channels_last)
         if self.model is not None:
             self.model.to(memory_format=torch.channels_last)
@@ -168,7 +170,10 @@ class Explainer:
             return mask.float(), feats.logits.float(), classes
         logits = self.black_box(x)
         classes = logits.argmax(1) if classes is None else classes.to(self.device)
-        return self.method.explain(x, classes), logits, classes
+        masks = check_method_output(
+            self.method.explain(x, classes), x.shape[0], x.shape[-2:], self.method_name
+        )
+        return masks, logits, classes
 
     def select_classes(
         self, logits: torch.Tensor, classes: Sequence[int] | None, topk: int | None
@@ -222,7 +227,9 @@ class Explainer:
                 m, _ = self.model.masks_for_classes(feats, cb, x.shape[-2:], image_index=img_idx)
             m = m.float()
         else:
-            m = self.method.explain(xb, cb)
+            m = check_method_output(
+                self.method.explain(xb, cb), xb.shape[0], xb.shape[-2:], self.method_name
+            )
 
         def prob(lg: torch.Tensor) -> torch.Tensor:
             return lg.softmax(1).gather(1, cb[:, None]).squeeze(1)

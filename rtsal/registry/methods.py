@@ -2,7 +2,8 @@
 
 A method is built for one black box: ``create_method(name, black_box, **options)``; then
 ``method.explain(images, classes)`` takes images in [0, 1] (B, C, H, W) and class ids (B,) and
-returns masks in [0, 1] (B, 1, H, W). Every metric works on every method.
+returns masks in [0, 1] (B, 1, H, W); :func:`check_method_output` holds every method (a
+plugin's too) to that. Every metric works on every method.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from rtsal.errors import RtsalError, UnknownNameError
 from rtsal.registry.plugins import cached_registry, collect
@@ -60,6 +62,36 @@ def create_method(name: str, black_box: Any, **options: Any) -> ExplanationMetho
         return entry.factory(black_box, **options)
     except TypeError as exc:  # an option the method does not take
         raise RtsalError(f"method {entry.name!r}: {exc}") from None
+
+
+def check_method_output(
+    maps: Any, batch: int, size: tuple[int, int] | torch.Size, name: str
+) -> torch.Tensor:
+    """A method's ``explain`` output as masks (``batch``, 1, *size) in [0, 1], or an error
+    naming the method.
+
+    Maps of shape (B, 1, h, w) or (B, h, w) at any resolution are resized to ``size``
+    (bilinearly) and clamped to [0, 1]; a wrong batch size, another number of dimensions, more
+    than one channel or non-finite values raise :class:`RtsalError`.
+    """
+    expected = "expected (B, 1, H, W) or (B, H, W) with finite values"
+    if not isinstance(maps, torch.Tensor):
+        raise RtsalError(f"method {name!r} returned a {type(maps).__name__}: {expected}")
+    shape = tuple(maps.shape)
+    if maps.dim() == 3:
+        maps = maps[:, None]
+    if maps.dim() != 4 or maps.shape[0] != batch or maps.shape[1] != 1 or 0 in maps.shape[2:]:
+        raise RtsalError(
+            f"method {name!r} returned shape {shape} for a batch of {batch}: {expected}"
+        )
+    maps = maps.float()
+    bad = int((~torch.isfinite(maps)).sum())
+    if bad:
+        raise RtsalError(f"method {name!r} returned {bad} non-finite values: {expected}")
+    size = (int(size[0]), int(size[1]))
+    if tuple(maps.shape[-2:]) != size:
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return maps.clamp(0, 1)
 
 
 def parse_method_options(pairs: list[str] | None) -> dict[str, Any]:
