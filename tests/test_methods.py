@@ -351,7 +351,9 @@ def test_default_target_layer_is_the_last_spatial_map():
     torch.manual_seed(0)
     lite0 = timm_black_box("tf_efficientnet_lite0", pretrained=False).network
     probe = torch.zeros(1, 3, 32, 32)
-    assert default_target_layer(lite0, probe) == "bn2"
+    # bn2 (BatchNorm + ReLU6) returns the last map; ReLU6 zeroes the gradient above 6, so
+    # Grad-CAM takes the map going into it
+    assert default_target_layer(lite0, probe) == "conv_head"
     assert default_target_layer(black_box("resnet18").network, probe) == "layer4"
     assert default_target_layer(black_box("mobilenetv3_small_050").network, probe) == "blocks"
     plain = nn.Sequential(
@@ -365,6 +367,15 @@ def test_default_target_layer_is_the_last_spatial_map():
     )
     assert default_target_layer(plain, probe) == "3"  # the ReLU before global pooling
     assert hooks_of(lite0) == {} and hooks_of(plain) == {}
+    saturating = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+    assert default_target_layer(saturating, probe) == "1"  # the map going into the ReLU6
 
 
 def test_gradcam_target_layer_option(images):

@@ -30,22 +30,52 @@ def _network(black_box: Any) -> nn.Module:
     return getattr(black_box, "network", black_box)
 
 
+def _before_saturation(
+    network: nn.Module, name: str, outputs: list[tuple[str, Any]], inputs_of: dict[str, Any]
+) -> str:
+    """``name``, or the module whose output feeds it when ``name``'s output comes out of a
+    saturating activation (a Hardtanh, such as ReLU6, inside it or the module itself)."""
+    module = network.get_submodule(name)
+    produced = dict(outputs)
+    saturating = [
+        f"{name}.{child}" if child else name
+        for child, m in module.named_modules()
+        if isinstance(m, nn.Hardtanh)
+    ]
+    if not any(produced.get(s) is produced[name] for s in saturating):
+        return name
+    feeding = inputs_of.get(name)
+    for other, output in reversed(outputs):
+        if output is feeding and isinstance(output, torch.Tensor) and output.dim() == 4:
+            return other
+    return name
+
+
 def default_target_layer(network: nn.Module, probe: torch.Tensor) -> str:
     """Name of the module producing the network's last spatial feature map.
 
     With ``forward_features`` (timm models): the last module, in order of completion, whose
     output is the very tensor ``forward_features`` returns; an enclosing module completes after
-    its children, so this is the outermost one (ResNet ``layer4``, EfficientNet ``bn2``,
-    MobileNetV3 ``blocks``). Otherwise, or when ``forward_features`` ends in an operation outside
-    any module: the last module whose output is a (B, C, h, w) map with more than one position,
-    i.e. the layer before global pooling. ``probe`` is one input image (1, C, H, W), already in
-    the network's own input space; its values do not matter.
+    its children, so this is the outermost one (ResNet ``layer4``, MobileNetV3 ``blocks``).
+    Otherwise, or when ``forward_features`` ends in an operation outside any module: the last
+    module whose output is a (B, C, h, w) map with more than one position, i.e. the layer before
+    global pooling. ``probe`` is one input image (1, C, H, W), already in the network's own input
+    space; its values do not matter.
+
+    When that module ends in a saturating activation (ReLU6, Hardtanh), the map going into it is
+    taken instead (EfficientNet's ``conv_head`` rather than its ``bn2`` = BatchNorm + ReLU6):
+    above 6 the activation's gradient is zero, so Grad-CAM's channel weights would ignore the
+    most strongly activated units. Through a per-channel affine layer (BatchNorm) the weighted
+    sum changes only by a constant per image; this is the "last convolution" pytorch-grad-cam's
+    users pick for these networks.
     """
     outputs: list[tuple[str, Any]] = []  # (module name, its output), in order of completion
+    inputs_of: dict[str, Any] = {}
 
     def recorder(name: str):
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
             outputs.append((name, output))
+            inputs_of[name] = inputs[0] if inputs else None
 
         return record
 
@@ -58,10 +88,10 @@ def default_target_layer(network: nn.Module, probe: torch.Tensor) -> str:
     if callable(forward_features) and isinstance(result, torch.Tensor):
         for name, output in reversed(outputs):
             if output is result:
-                return name
+                return _before_saturation(network, name, outputs, inputs_of)
     for name, output in reversed(outputs):
         if isinstance(output, torch.Tensor) and output.dim() == 4 and output[0, 0].numel() > 1:
-            return name
+            return _before_saturation(network, name, outputs, inputs_of)
     raise RtsalError(
         "Grad-CAM found no module producing a spatial feature map (B, C, h, w); "
         "pass target_layer='<module name>'"
