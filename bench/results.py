@@ -49,10 +49,26 @@ BOXES_METHODS = [
 ]
 
 
+def _method(cmd: list[str]) -> str:
+    return cmd[cmd.index("--method") + 1] if "--method" in cmd else "masker"
+
+
+def _shipped_digest() -> str:
+    """The shipped model's weights, so a cached row of the default model is not reused after
+    the shipped model changes."""
+    from rtsal.engine.checkpoint import default_checkpoint
+
+    data = (default_checkpoint() / "model.safetensors").read_bytes()
+    return hashlib.sha1(data).hexdigest()[:12]
+
+
 def run(cmd: list[str], cache: Path | None = None) -> dict:
     shown = "rtsal " + " ".join(shlex.quote(c) for c in cmd)
     print(f"$ {shown}", file=sys.stderr, flush=True)
-    key = cache / (hashlib.sha1(shown.encode()).hexdigest()[:16] + ".json") if cache else None
+    identity = shown
+    if "--checkpoint" not in cmd and _method(cmd) == "masker":  # the shipped model: which one
+        identity += " @ " + _shipped_digest()
+    key = cache / (hashlib.sha1(identity.encode()).hexdigest()[:16] + ".json") if cache else None
     if key is not None and key.exists():  # this exact command ran before: reuse its summary
         print("  (kept from an earlier run)", file=sys.stderr, flush=True)
         return json.loads(key.read_text())
