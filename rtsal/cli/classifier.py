@@ -16,32 +16,46 @@ classifier_app = typer.Typer(
 )
 
 
+DataOption = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        "-d",
+        help="cifar10, fashion-mnist, or a folder with train/ and test/ class sub-folders "
+        "(e.g. from rtsal canvas).",
+    ),
+]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")]
+DataRootOption = Annotated[str | None, typer.Option(help="Local copy of the data set.")]
+ArchOption = Annotated[str, typer.Option(help="resnet9 or resnet18.")]
+WidthOption = Annotated[int, typer.Option(help="Base channel width.")]
+EpochsOption = Annotated[int, typer.Option(help="Epochs (one-cycle schedule).")]
+StepsOption = Annotated[int | None, typer.Option(help="Stop after this many steps.")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size")]
+LrOption = Annotated[float, typer.Option(help="Peak SGD learning rate.")]
+LimitOption = Annotated[int | None, typer.Option(help="Train on a seeded subset.")]
+WorkersOption = Annotated[int, typer.Option(help="Data-loading workers.")]
+SeedOption = Annotated[int, typer.Option()]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+JsonOutOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
 @classifier_app.command("train")
 def train_classifier_cmd(
-    data: Annotated[
-        str,
-        typer.Option(
-            "--data",
-            "-d",
-            help="cifar10, fashion-mnist, or a folder with train/ and test/ class sub-folders "
-            "(e.g. from rtsal canvas).",
-        ),
-    ] = "cifar10",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")] = Path(
-        "runs/classifier"
-    ),
-    data_root: Annotated[str | None, typer.Option(help="Local copy of the data set.")] = None,
-    arch: Annotated[str, typer.Option(help="resnet9 or resnet18.")] = "resnet9",
-    width: Annotated[int, typer.Option(help="Base channel width.")] = 32,
-    epochs: Annotated[int, typer.Option(help="Epochs (one-cycle schedule).")] = 10,
-    steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 256,
-    lr: Annotated[float, typer.Option(help="Peak SGD learning rate.")] = 0.2,
-    limit: Annotated[int | None, typer.Option(help="Train on a seeded subset.")] = None,
-    workers: Annotated[int, typer.Option(help="Data-loading workers.")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    data: DataOption = "cifar10",
+    out: OutOption = Path("runs/classifier"),
+    data_root: DataRootOption = None,
+    arch: ArchOption = "resnet9",
+    width: WidthOption = 32,
+    epochs: EpochsOption = 10,
+    steps: StepsOption = None,
+    batch_size: BatchSizeOption = 256,
+    lr: LrOption = 0.2,
+    limit: LimitOption = None,
+    workers: WorkersOption = 0,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    json_out: JsonOutOption = False,
 ) -> None:
     """Train a classifier; the output directory then works as --blackbox DIR."""
     from rtsal.tools.classifier import ClassifierConfig, train_classifier
@@ -95,9 +109,9 @@ def evaluate_classifier_cmd(
     split: Annotated[str, typer.Option(help="train or test (named sets).")] = "test",
     weights: Annotated[Path | None, typer.Option(help="Black-box weights file.")] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate a seeded subset.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    workers: Annotated[int, typer.Option(help="Data-loading workers.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    batch_size: BatchSizeOption = 32,
+    workers: WorkersOption = 0,
+    device: DeviceOption = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Top-1 / top-5 accuracy of a black box, with its own preprocessing."""

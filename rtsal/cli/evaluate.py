@@ -10,49 +10,82 @@ import typer
 
 from rtsal.cli._console import err, progress_bar
 
+CheckpointArg = Annotated[Path, typer.Argument(help="Masking-model checkpoint directory.")]
+DataOption = Annotated[
+    str, typer.Option("--data", "-d", help="Image folder, or cifar10 / fashion-mnist.")
+]
+DataRootOption = Annotated[str | None, typer.Option(help="Local copy of a named data set.")]
+BlackboxOption = Annotated[
+    str | None,
+    typer.Option(
+        "--blackbox",
+        "-b",
+        help="Use this black box instead of the one the checkpoint names (checked for a match).",
+    ),
+]
+SplitOption = Annotated[str, typer.Option(help="train or test (named sets).")]
+LimitOption = Annotated[int | None, typer.Option(help="Evaluate a seeded subset.")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size")]
+GridOption = Annotated[int, typer.Option(help="Images in the Figure-6 grid (0: none).")]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Write report.json and grid.png here.")
+]
+SeedOption = Annotated[int, typer.Option()]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+JsonOutOption = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+
 
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="Masking-model checkpoint directory.")],
-    data: Annotated[
-        str, typer.Option("--data", "-d", help="Image folder, or cifar10 / fashion-mnist.")
-    ],
-    data_root: Annotated[str | None, typer.Option(help="Local copy of a named data set.")] = None,
-    blackbox: Annotated[
-        str | None,
-        typer.Option(
-            "--blackbox",
-            "-b",
-            help="Use this black "
-            "box instead of the one the checkpoint names (checked for a match).",
-        ),
-    ] = None,
-    split: Annotated[str, typer.Option(help="train or test (named sets).")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate a seeded subset.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 100,
-    grid: Annotated[int, typer.Option(help="Images in the Figure-6 grid (0: none).")] = 20,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write report.json and grid.png here.")
-    ] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    checkpoint: CheckpointArg,
+    data: DataOption,
+    data_root: DataRootOption = None,
+    blackbox: BlackboxOption = None,
+    split: SplitOption = "test",
+    limit: LimitOption = None,
+    batch_size: BatchSizeOption = 100,
+    grid: GridOption = 20,
+    out: OutOption = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    json_out: JsonOutOption = False,
 ) -> None:
     """Accuracy, f_c on preserved/destroyed images and mask areas for true and fake classes."""
-    from rtsal.data.folders import make_loader, open_dataset
+    from rtsal.data.folders import make_loader
     from rtsal.device import resolve_device
     from rtsal.engine.checkpoint import load_masker, prepare_out_dir
-    from rtsal.engine.objective import ObjectiveConfig
-    from rtsal.inference.visualize import figure6_grid
-    from rtsal.registry.classes import ClassResolver
-    from rtsal.tools.evaluate import evaluate_masker
+    from rtsal.registry.blackbox import create_black_box
+    from rtsal.tools.evaluate import evaluate_masker, training_removal
 
     out_dir = prepare_out_dir(out) if out else None
     dev = resolve_device(device)
-    from rtsal.registry.blackbox import create_black_box
-
     box = create_black_box(blackbox) if blackbox else None
     model, box, meta = load_masker(checkpoint, box, device=dev)
-    ds = open_dataset(
+    ds = _labelled_set(data, box, split=split, data_root=data_root, limit=limit, seed=seed)
+    removal = training_removal(meta)
+    loader = make_loader(ds, batch_size, shuffle=False)
+    with progress_bar() as progress:
+        report = evaluate_masker(
+            model, box, loader, removal=removal, seed=seed, device=dev, progress=progress
+        )
+    result = {"checkpoint": str(checkpoint), "data": data, "split": split, **report.to_dict()}
+    if out_dir is not None:
+        if grid > 0:
+            result["grid"] = str(_save_grid(out_dir / "grid.png", model, box, ds, grid, seed, dev))
+        (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    _print_report(report)
+    if out_dir is not None:
+        err.print(f"wrote {out_dir / 'report.json'}", highlight=False)
+
+
+def _labelled_set(data: str, box, *, split: str, data_root, limit, seed: int):
+    """The data set ``data`` as ``box`` takes its inputs, labelled with ``box``'s classes."""
+    from rtsal.data.folders import open_dataset
+    from rtsal.registry.classes import ClassResolver
+
+    return open_dataset(
         data,
         split=split,
         size=box.input_size,
@@ -64,26 +97,19 @@ def evaluate(
         limit=limit,
         seed=seed,
     )
-    removal = ObjectiveConfig.from_dict(
-        {k: v for k, v in meta.get("objective", {}).items() if k != "preset"}
-    ).removal
-    loader = make_loader(ds, batch_size, shuffle=False)
-    with progress_bar() as progress:
-        report = evaluate_masker(
-            model, box, loader, removal=removal, seed=seed, device=dev, progress=progress
-        )
-    result = {"checkpoint": str(checkpoint), "data": data, "split": split, **report.to_dict()}
-    if out_dir is not None:
-        if grid > 0:
-            images, masks, labels = grid_sample(model, ds, grid, seed, dev)
-            names = [box.class_names[i] for i in labels]
-            figure6_grid(images, masks, names).save(out_dir / "grid.png")
-            result["grid"] = str(out_dir / "grid.png")
-        (out_dir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    if json_out:
-        typer.echo(json.dumps(result))
-        return
-    r = report
+
+
+def _save_grid(path: Path, model, box, dataset, n: int, seed: int, device) -> Path:
+    """The Figure-6 grid of ``n`` images and their true-class masks, written to ``path``."""
+    from rtsal.inference.visualize import figure6_grid
+
+    images, masks, labels = grid_sample(model, dataset, n, seed, device)
+    names = [box.class_names[i] for i in labels]
+    figure6_grid(images, masks, names).save(path)
+    return path
+
+
+def _print_report(r) -> None:
     typer.echo(
         f"{r.images} images: accuracy {100 * r.accuracy:.2f} %\n"
         f"  f_c(X) {r.p_image:.3f}   f_c(Phi(X,M)) {r.p_preserved:.3f}   "
@@ -92,8 +118,6 @@ def evaluate(
         f"  mask area: true class {r.area_true:.3f} (median {r.area_true_median:.3f}), "
         f"fake class {r.area_fake:.3f} (median {r.area_fake_median:.3f})"
     )
-    if out_dir is not None:
-        err.print(f"wrote {out_dir / 'report.json'}", highlight=False)
 
 
 def grid_sample(model, dataset, n: int, seed: int, device):

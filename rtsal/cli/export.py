@@ -10,48 +10,54 @@ import typer
 
 from rtsal.cli._console import err, parse_ints
 
+OutOption = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        help="File to write (.onnx or .pt); a side-car <file>.json describes its inputs.",
+    ),
+]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", "-f", help="torchscript or onnx (default: from the --out suffix, .onnx or .pt)."
+    ),
+]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Masking-model checkpoint (default: the shipped EfficientNet-Lite0 model).",
+    ),
+]
+SizeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Trace size H,W (or S), multiples of the encoder's stride (default: the black "
+        "box's input size); other sizes still work."
+    ),
+]
+OpsetOption = Annotated[int, typer.Option(help="ONNX opset version (12 to 20).")]
+CheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--check/--no-check",
+        help="Run the exported file (ONNX Runtime, or TorchScript loaded back) and PyTorch "
+        "on real photos; refuse the export if the masks differ by more than 1e-4.",
+    ),
+]
+JsonOutOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
 
 def export(
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            "-o",
-            help="File to write (.onnx or .pt); a side-car <file>.json describes its inputs.",
-        ),
-    ],
-    format_: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="torchscript or onnx (default: from the --out suffix, .onnx or .pt).",
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            help="Masking-model checkpoint (default: the shipped EfficientNet-Lite0 model).",
-        ),
-    ] = None,
-    size: Annotated[
-        str | None,
-        typer.Option(
-            help="Trace size H,W (or S), multiples of the encoder's stride (default: the black "
-            "box's input size); other sizes still work."
-        ),
-    ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version (12 to 20).")] = 17,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check/--no-check",
-            help="Run the exported file (ONNX Runtime, or TorchScript loaded back) and PyTorch "
-            "on real photos; refuse the export if the masks differ by more than 1e-4.",
-        ),
-    ] = True,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    out: OutOption,
+    format_: FormatOption = None,
+    checkpoint: CheckpointOption = None,
+    size: SizeOption = None,
+    opset: OpsetOption = 17,
+    check: CheckOption = True,
+    json_out: JsonOutOption = False,
 ) -> None:
     """Export the masking model together with its encoder and black box.
 

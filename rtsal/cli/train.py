@@ -240,8 +240,14 @@ def train(
     """Train a masking model for BLACKBOX on DATA and write a checkpoint to OUT.
 
     Ctrl-C saves and stops; --resume OUT continues. Under torchrun (torchrun --nproc-per-node N
-    -m rtsal train ...) the processes share each global batch of --batch-size images.
-    """
+    -m rtsal train ...) the processes share each global batch of --batch-size images."""
+    _train(ctx, config, resume, steps, json_out)
+
+
+def _train(
+    ctx: typer.Context, config: Path | None, resume: Path | None, steps: int | None, json_out: bool
+) -> None:
+    """A new run from the options given (and the --config file), or the run in ``resume``."""
     from rtsal.training.trainer import Trainer, resume_trainer
 
     if resume is not None:

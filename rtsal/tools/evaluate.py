@@ -9,9 +9,11 @@ area for the true class and for a fake class (class selectivity: fake masks shou
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
+from rtsal.engine.objective import ObjectiveConfig
 from rtsal.engine.removal import EvidenceRemoval, RemovalConfig
 
 
@@ -31,6 +33,12 @@ class MaskerReport:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def training_removal(meta: dict[str, Any]) -> RemovalConfig:
+    """The evidence removal Phi a checkpoint was trained with (its metadata's objective)."""
+    objective = {k: v for k, v in meta.get("objective", {}).items() if k != "preset"}
+    return ObjectiveConfig.from_dict(objective).removal
 
 
 def _p(box, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
