@@ -1,11 +1,16 @@
-"""Helpers shared by the tests: run rtsal in a subprocess and read what it printed; give
-BatchNorms statistics that make folding them a real test."""
+"""Helpers shared by the tests: run rtsal in a subprocess (or in this process) and read what it
+printed; give BatchNorms statistics that make folding them a real test."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +47,56 @@ def run_rtsal(*args: str, env: dict[str, str] | None = None, timeout: float = 60
         cwd=REPO,
     )
     return Run(p.returncode, p.stdout, p.stderr)
+
+
+def run_main(*args: str, env: dict[str, str] | None = None) -> Run:
+    """``rtsal ARGS`` in this process, through ``rtsal.cli.main``: for answers that need no
+    process of their own (option checks, one-line errors). Like :func:`run_rtsal`, third-party
+    plugins are off unless ``env`` says otherwise; the environment, the plugin manager and the
+    warning hooks ``main`` replaces are put back afterwards. An exception ``main`` lets through
+    is printed as a traceback on stderr with exit code 1, as the interpreter would."""
+    from rtsal.cli import main
+    from rtsal.registry.plugins import reset_plugin_manager
+
+    # RTSAL_MALLOC=system: main() would otherwise tune malloc for the whole test process
+    variables = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": "1", "RTSAL_MALLOC": "system", **(env or {})}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with _environment(variables), warnings.catch_warnings():
+        reset_plugin_manager(None)
+        try:
+            with redirect_stdout(stdout), redirect_stderr(stderr):
+                code = _exit_code(main, [str(a) for a in args])
+        finally:
+            reset_plugin_manager(None)
+    return Run(code, stdout.getvalue(), stderr.getvalue())
+
+
+def _exit_code(main, argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+@contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def assert_one_line_error(run: Run, *fragments: str) -> None:

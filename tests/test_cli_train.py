@@ -14,6 +14,7 @@ from tests.helpers import (
     FASHION_MNIST_REASON,
     assert_one_line_error,
     fashion_mnist_installed,
+    run_main,
     run_rtsal,
 )
 
@@ -100,11 +101,12 @@ def test_evaluate_reports_and_draws_a_grid(fm_masker, tmp_path):
 
 
 def test_unknown_black_box_suggests_close_matches(tmp_path):
-    run = run_rtsal("train", "--blackbox", "resnet5O", "--data", tmp_path, "--out", tmp_path)
+    run = run_main("train", "--blackbox", "resnet5O", "--data", tmp_path, "--out", tmp_path)
     assert_one_line_error(run, "unknown black box", "resnet50")
 
 
 def test_missing_data_path(fm_classifier, tmp_path):
+    # in a process of its own, as a user runs it
     run = run_rtsal(
         "train", "--blackbox", fm_classifier, "--data", tmp_path / "nope", "--out", tmp_path / "o"
     )
@@ -114,11 +116,11 @@ def test_missing_data_path(fm_classifier, tmp_path):
 def test_unwritable_out_fails_before_training(fm_classifier, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    run = run_rtsal(
+    run = run_main(
         "train", "--blackbox", fm_classifier, "--data", "fashion-mnist", "--out", blocker / "sub"
     )
     assert_one_line_error(run, "cannot write to output directory")
-    run = run_rtsal(
+    run = run_main(
         "train", "--blackbox", fm_classifier, "--data", "fashion-mnist", "--out", blocker
     )
     assert_one_line_error(run, "not a directory")
@@ -135,15 +137,15 @@ def test_checkpoint_from_another_black_box_is_refused(fm_masker, tmp_path):
         "    net.mean, net.std, net.input_size = (0.5,), (0.5,), 28\n"
         "    return net\n"
     )
-    run = run_rtsal(
+    run = run_rtsal(  # in a process of its own, as a user runs it
         "evaluate", out, "--blackbox", f"{other}:build", "--data", "fashion-mnist", "--limit", 10
     )
     assert_one_line_error(run, "trained for black box", "10 classes", "has 5")
 
 
 def test_bad_checkpoint_path(tmp_path):
-    run = run_rtsal("evaluate", tmp_path / "missing", "--data", "fashion-mnist")
+    run = run_main("evaluate", tmp_path / "missing", "--data", "fashion-mnist")
     assert_one_line_error(run, "checkpoint not found")
     (tmp_path / "rtsal.json").write_text("{not json")
-    run = run_rtsal("evaluate", tmp_path, "--data", "fashion-mnist")
+    run = run_main("evaluate", tmp_path, "--data", "fashion-mnist")
     assert_one_line_error(run, "unreadable checkpoint")

@@ -17,6 +17,7 @@ from tests.helpers import (
     assert_one_line_error,
     drop_batch_norms,
     randomise_batch_norms,
+    run_main,
     run_rtsal,
 )
 
@@ -135,7 +136,7 @@ def test_classes_by_name_and_topk(checkpoint, photos):
 
 
 def test_unknown_class_is_one_line(checkpoint, photos):
-    run = run_rtsal(
+    run = run_main(
         "explain",
         photos / "chelsea.jpg",
         "--checkpoint",
@@ -199,9 +200,9 @@ def test_folder_with_a_corrupt_file(checkpoint, photos, tmp_path):
 
 
 def test_missing_input_and_checkpoint(checkpoint, tmp_path):
-    run = run_rtsal("explain", tmp_path / "nope.jpg", "--checkpoint", checkpoint, env=PLUGINS)
+    run = run_main("explain", tmp_path / "nope.jpg", "--checkpoint", checkpoint, env=PLUGINS)
     assert_one_line_error(run, "nope.jpg", "no such file")
-    run = run_rtsal("explain", tmp_path, "--checkpoint", tmp_path / "none", env=PLUGINS)
+    run = run_main("explain", tmp_path, "--checkpoint", tmp_path / "none", env=PLUGINS)
     assert_one_line_error(run, "checkpoint not found")
 
 
@@ -231,9 +232,9 @@ def test_explain_inputs_is_the_command_as_a_function(checkpoint, photos, tmp_pat
 
 
 def test_usage_errors_exit_2_before_any_model_is_loaded(tmp_path):
-    run = run_rtsal("explain", tmp_path / "a.mp4", tmp_path / "b.jpg", "--checkpoint", "none")
+    run = run_main("explain", tmp_path / "a.mp4", tmp_path / "b.jpg", "--checkpoint", "none")
     assert run.code == 2 and "one video at a time" in run.stderr
-    run = run_rtsal("explain", tmp_path, "--topk", "0")
+    run = run_main("explain", tmp_path, "--topk", "0")
     assert run.code == 2 and "--topk must be at least 1" in run.stderr
 
 
@@ -411,7 +412,7 @@ def test_corrupt_video_is_one_line(checkpoint, tmp_path):
     pytest.importorskip("av")
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
-    run = run_rtsal("explain", bad, "--checkpoint", checkpoint, env=PLUGINS)
+    run = run_main("explain", bad, "--checkpoint", checkpoint, env=PLUGINS)
     assert run.code != 0
     assert_one_line_error(run)
 
@@ -452,7 +453,7 @@ def test_onnxruntime_backend_matches_pytorch_and_caches_its_export(tmp_path, mon
 
 
 def test_onnxruntime_backend_refuses_other_methods(checkpoint, photos):
-    run = run_rtsal(
+    run = run_rtsal(  # in a process of its own, as a user runs it
         "explain", photos, "--checkpoint", checkpoint, "--method", "gradcam",
         "--backend", "onnxruntime", env=PLUGINS,
     )  # fmt: skip

@@ -26,6 +26,7 @@ from rtsal.metrics.scoring import (
 )
 from rtsal.registry.classes import ClassResolver
 from tests.helpers import LITE_PLUGIN, assert_one_line_error
+from tests.helpers import run_main as _run_main
 from tests.helpers import run_rtsal as _run
 
 PLUGINS_ON = LITE_PLUGIN  # the shipped model's black box is a plugin's
@@ -33,6 +34,10 @@ PLUGINS_ON = LITE_PLUGIN  # the shipped model's black box is a plugin's
 
 def run_rtsal(*args):
     return _run(*args, env=PLUGINS_ON)
+
+
+def run_main(*args):
+    return _run_main(*args, env=PLUGINS_ON)
 
 
 W, H = 40, 10
@@ -346,15 +351,16 @@ def test_metric_cli_all_metrics_on_a_real_photo(photo_with_box, tmp_path):
 
 def test_metric_and_localize_bad_input(photo_with_box, tmp_path):
     d, boxes, _ = photo_with_box
+    # in a process of its own, as a user runs it; the other answers in this one
     run = run_rtsal("localize", "--data", d / "images")
     assert_one_line_error(run, "--boxes")
     bad = tmp_path / "b.csv"
     bad.write_text("image,class,x0,y0,x1,y1\nchelsea.png,no-such-animal,0,0,5,5\n")
-    run = run_rtsal("localize", "--data", d / "images", "--boxes", bad)
+    run = run_main("localize", "--data", d / "images", "--boxes", bad)
     assert_one_line_error(run, "no-such-animal")
-    run = run_rtsal("metric", "--data", d / "images", "--metrics", "pixel")
+    run = run_main("metric", "--data", d / "images", "--metrics", "pixel")
     assert_one_line_error(run, "pixel-masks")
-    run = run_rtsal("metric", "--data", d / "images", "--metrics", "speed")
+    run = run_main("metric", "--data", d / "images", "--metrics", "speed")
     assert_one_line_error(run, "unknown metric")
-    run = run_rtsal("localize", "--files", tmp_path / "no-list.txt", "--boxes", boxes)
+    run = run_main("localize", "--files", tmp_path / "no-list.txt", "--boxes", boxes)
     assert_one_line_error(run, "file list not found")

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from tests.helpers import LITE_PLUGIN, SHARED_DATA, assert_one_line_error, run_rtsal
+from tests.helpers import LITE_PLUGIN, SHARED_DATA, assert_one_line_error, run_main, run_rtsal
 
 SAMPLE = SHARED_DATA / "imagenet-sample"
 VAL_BOXES = SHARED_DATA / "imagenet-val-boxes"
@@ -88,7 +88,7 @@ def test_train_on_black_box_labels_with_mosaics_and_validation(photo_folder, tmp
     ],
 )
 def test_options_that_cannot_work_are_one_line(photo_folder, tmp_path, extra, fragments):
-    r = run_rtsal(
+    r = run_main(
         "train", "--blackbox", "efficientnet_lite0", "--data", photo_folder,
         "--labels", "blackbox", "--steps", "1", "--batch-size", "2", "--out", tmp_path / "o",
         *extra, env={"RTSAL_CACHE": str(tmp_path / "cache"), **LITE},
@@ -97,7 +97,7 @@ def test_options_that_cannot_work_are_one_line(photo_folder, tmp_path, extra, fr
 
 
 def test_training_inside_an_evaluation_folder_is_refused(tmp_path):
-    r = run_rtsal(
+    r = run_main(
         "train", "--blackbox", "efficientnet_lite0", "--data", VAL_BOXES, "--labels", "blackbox",
         "--exclude", VAL_BOXES, "--steps", "1", "--out", tmp_path / "o",
         env={"RTSAL_CACHE": str(tmp_path / "cache"), **LITE},
