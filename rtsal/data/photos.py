@@ -104,7 +104,7 @@ class PhotoSelection:
         parts = [f"{len(self.samples)} training photos of {self.found} found"]
         left = [
             (self.evaluation_named, "named ILSVRC2012_val_*"),
-            (self.evaluation_lookalike, "the same as an evaluation photo"),
+            (self.evaluation_lookalike, "the same as an evaluation or validation photo"),
             (self.duplicates, "duplicates"),
             (self.unreadable, "unreadable"),
             (self.below_confidence, "below the confidence floor"),

@@ -206,6 +206,14 @@ def check_options(cfg: TrainConfig) -> None:
         raise RtsalError(f"--schedule must be cosine, step or constant, not {cfg.schedule!r}")
 
 
+def _validation_folders(cfg: TrainConfig) -> list[str]:
+    """The folder of --val-boxes: its photos, and look-alikes of them, stay out of training."""
+    if not cfg.val_boxes:
+        return []
+    p = Path(cfg.val_boxes).expanduser()
+    return [str(p if p.is_dir() else p.parent)]
+
+
 class Trainer:
     """A training run: built from a config (data, model, objective, optimizer), then ``fit()``
     runs the loop and writes the checkpoint. Read top to bottom: build, one step, the loop,
@@ -278,7 +286,7 @@ class Trainer:
             labels=cfg.labels,
             black_box=box,
             min_confidence=cfg.min_confidence,
-            exclude=cfg.exclude,
+            exclude=(*cfg.exclude, *_validation_folders(cfg)),
             dedup=cfg.dedup,
             crop_scale=cfg.crop_scale,
             color_jitter=cfg.color_jitter,
