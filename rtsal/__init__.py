@@ -1,5 +1,7 @@
 """rtsal: real-time saliency for black-box image classifiers (Dabkowski & Gal, 2017).
 
+``rtsal.Explainer()`` is the shipped masking model, ready to explain images (docs/api.md).
+
 The names below are imported on first use (most of them pull in torch), so ``import rtsal``,
 ``rtsal --version`` and ``rtsal --help`` stay fast.
 """
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {  # public name -> the module that defines it
     "BlackBox": "rtsal.registry.blackbox",
     "ClassResolver": "rtsal.registry.classes",
+    "Explainer": "rtsal.inference.explainer",
     "RtsalError": "rtsal.errors",
     "create_black_box": "rtsal.registry.blackbox",
     "is_black_box": "rtsal.registry.blackbox",
@@ -28,6 +31,7 @@ _LAZY = {  # public name -> the module that defines it
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
     from rtsal.allocator import keep_freed_memory
     from rtsal.errors import RtsalError
+    from rtsal.inference.explainer import Explainer
     from rtsal.registry.blackbox import BlackBox, create_black_box, is_black_box, list_black_boxes
     from rtsal.registry.classes import ClassResolver
     from rtsal.registry.providers.timm_provider import timm_black_box
@@ -38,6 +42,7 @@ __all__ = [
     "hookimpl",
     "BlackBox",
     "ClassResolver",
+    "Explainer",
     "RtsalError",
     "create_black_box",
     "is_black_box",

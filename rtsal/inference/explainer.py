@@ -1,8 +1,15 @@
 """Explaining images: class-specific masks at each image's own resolution, with the numbers a
-user wants beside them (probabilities on the image, on image x mask and on image x (1 - mask))."""
+user wants beside them (probabilities on the image, on image x mask and on image x (1 - mask)).
+
+The library's front door is :class:`Explainer` (``from rtsal import Explainer``; docs/api.md):
+``Explainer()(images, target)`` gives masks at each image's resolution, and
+``Explainer.attribute(inputs, target)`` follows Captum's conventions for a batch of inputs."""
 
 from __future__ import annotations
 
+import operator
+import os
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +19,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rtsal.data.images import fit_size, pil_to_tensor
+from rtsal.data.images import _to_rgb, fit_size, load_image, pil_to_tensor
 from rtsal.engine.checkpoint import default_checkpoint
 from rtsal.engine.model import TOP1
 from rtsal.errors import RtsalError
+from rtsal.inference import DEFAULT_BATCH_SIZE
 from rtsal.metrics.boxes import threshold_box
 from rtsal.registry.classes import ClassResolver
 from rtsal.registry.methods import check_method_output
+
+ImageLike = Image.Image | str | Path | torch.Tensor  # one image (a tensor: one or a batch)
+Target = int | str | Sequence[int | str] | torch.Tensor | None  # None: each image's top-1
+
+# Tensors are images in [0, 1]; values well outside (normalised or 0-255 images) are refused,
+# while the small overshoot of a bicubic resize is let through.
+_RANGE_SLACK = 0.25
 
 
 @dataclass
@@ -45,6 +60,10 @@ class Explainer:
     ``precision="bfloat16"`` runs the masking model under bf16 autocast (faster still where the
     CPU has bf16 units, at the cost of small differences in the masks). The masking model's
     decoder runs with its BatchNorms folded into the convolutions (``fuse=False`` to keep them).
+
+    ``Explainer()`` is the shipped model (EfficientNet-Lite0, ImageNet);
+    :meth:`from_pretrained` loads a checkpoint directory. Calling the explainer gives masks at
+    each image's own resolution; :meth:`attribute` follows Captum's conventions (docs/api.md).
     """
 
     def __init__(
@@ -116,12 +135,29 @@ class Explainer:
             self.black_box.interpolation, Image.BILINEAR
         )
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Explainer:
+        """An explainer on the masking-model checkpoint in directory ``path``: what ``rtsal
+        train --out OUT`` writes (``OUT``, and ``OUT/best`` when it validates) and
+        :func:`rtsal.engine.checkpoint.save_masker` writes. ``kwargs`` are the constructor's
+        (``device``, ``resize``, ``precision``, ``black_box``, ...). A missing or unreadable
+        checkpoint raises :class:`~rtsal.errors.CheckpointError` naming the path."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise RtsalError(
+                "from_pretrained takes a checkpoint directory (a str or a Path); got "
+                f"{type(path).__name__} (Explainer() is the shipped model)"
+            )
+        return cls(path, **kwargs)
+
     # ---------------------------------------------------------------- preprocessing
     def model_size(self, im: Image.Image) -> tuple[int, int]:
+        return self._model_size(im.height, im.width)
+
+    def _model_size(self, height: int, width: int) -> tuple[int, int]:
         h, w = self.black_box.input_size
         if self.resize == "square":
             return h, w
-        return fit_size(im.width, im.height, min(h, w))
+        return fit_size(width, height, min(h, w))
 
     def prepare(self, im: Image.Image) -> torch.Tensor:
         """PIL image -> (C, h, w) in [0, 1] at the model's resolution."""
@@ -242,16 +278,7 @@ class Explainer:
         results: list[list[Explanation]] = [[] for _ in images]
         for row, (i, c) in enumerate(zip(img_idx.tolist(), cb.tolist(), strict=True)):
             im = images[i]
-            full = (
-                F.interpolate(
-                    m[row : row + 1].float(),
-                    size=(im.height, im.width),
-                    mode="bilinear",
-                    align_corners=False,
-                )[0, 0]
-                .clamp(0, 1)
-                .cpu()
-            )
+            full = mask_at_size(m[row : row + 1], (im.height, im.width))[0, 0].cpu()
             results[i].append(
                 Explanation(
                     class_index=c,
@@ -265,6 +292,198 @@ class Explainer:
                 )
             )
         return results
+
+    # ---------------------------------------------------------------- the library API
+    def __call__(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        target: Target = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Masks in [0, 1] for ``images``, each at its image's own resolution.
+
+        ``images``: a PIL image, an image file's path, or a float tensor in [0, 1], (C, H, W)
+        or (B, C, H, W): the masks come back as one tensor (B, 1, H, W), B = 1 for one image.
+        A list (or tuple) of single images, which may differ in size, gives a list of (1, H, W)
+        tensors, one per image. Either way ``result[i]`` is image i's mask, (1, H, W).
+
+        ``target``: ``None`` explains each image's top-1 class; a class index, name or synset
+        (``281``, ``"tabby"``, ``"n02123045"``) applies to every image; a list gives one class
+        per image; an integer tensor holds one class for every image or one per image.
+
+        Each image is resized for the model as ``resize`` says (as ``rtsal explain`` does),
+        explained in one pass (``batch_size`` images at a time) and its mask resized back
+        bilinearly. Masks of files and PIL images are on the CPU, those of tensors on the
+        tensor's device. Bad inputs and unknown classes raise :class:`~rtsal.errors.RtsalError`.
+        """
+        if batch_size < 1:
+            raise RtsalError(f"batch_size must be at least 1; got {batch_size}")
+        if isinstance(images, (list, tuple)):
+            pictures = [self._picture(im, f"images[{i}]") for i, im in enumerate(images)]
+        elif isinstance(images, torch.Tensor):
+            batch = self._check_images(images, "images", dims=(3, 4))
+            if batch.shape[0] == 0:
+                return images.new_zeros((0, 1, *batch.shape[-2:]), dtype=torch.float32)
+            pictures = list(batch)
+        else:
+            pictures = [self._picture(images, "images")]
+        classes = self.target_classes(target, len(pictures))
+        masks = self._masks_at_own_size(pictures, classes, batch_size)
+        return masks if isinstance(images, (list, tuple)) else torch.stack(masks)
+
+    def attribute(
+        self, inputs: torch.Tensor | tuple[torch.Tensor], target: Target = None
+    ) -> torch.Tensor | tuple[torch.Tensor]:
+        """Captum's conventions: ``inputs`` (B, C, H, W) are what the black box takes, float
+        images in [0, 1] (the black box normalises them itself), explained as they are, without
+        resizing; ``target`` is a class index for every image, a list with one per image, or an
+        integer tensor (one element, or one per image); ``None`` explains each image's top-1
+        class (class names work too). Returns the masks (B, 1, H, W) in [0, 1], float32, on
+        the inputs' device; a one-tensor tuple ``(inputs,)``, as Captum's metrics pass, gives
+        ``(masks,)``. A wrong shape raises :class:`~rtsal.errors.RtsalError`."""
+        if isinstance(inputs, tuple):
+            if len(inputs) != 1:
+                raise RtsalError(
+                    f"inputs: a tuple holds one tensor (B, C, H, W) here; got {len(inputs)}"
+                )
+            return (self.attribute(inputs[0], target),)
+        x = self._check_images(inputs, "inputs", dims=(4,))
+        classes = self.target_classes(target, x.shape[0])
+        if x.shape[0] == 0:
+            return inputs.new_zeros((0, 1, *x.shape[-2:]), dtype=torch.float32)
+        mask, _, _ = self.masks(x.detach().float(), classes)
+        return _ordinary(mask.to(inputs.device, torch.float32))
+
+    def target_classes(self, target: Target, n: int) -> torch.Tensor | None:
+        """``target`` (see :meth:`__call__`) as ``n`` class indices, or ``None`` for each
+        image's top-1 class."""
+        if target is None:
+            return None
+        if isinstance(target, torch.Tensor):
+            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+                raise RtsalError(
+                    f"target: a tensor of class indices must be integer; got {target.dtype}"
+                )
+            wanted = [self._class_index(t) for t in target.detach().reshape(-1).tolist()]
+            if len(wanted) == 1:
+                wanted *= n
+        elif isinstance(target, (list, tuple)):
+            wanted = [self._class_index(t) for t in target]
+        else:
+            wanted = [self._class_index(target)] * n
+        if len(wanted) != n:
+            raise RtsalError(
+                f"target: {len(wanted)} classes for {n} images; give one class for all of them, "
+                "or one per image"
+            )
+        return torch.tensor(wanted, dtype=torch.long)
+
+    def _class_index(self, selector: Any) -> int:
+        if isinstance(selector, str):
+            return self.resolver.resolve(selector)
+        try:
+            index = None if isinstance(selector, bool) else operator.index(selector)
+        except TypeError:
+            index = None
+        if index is None:
+            raise RtsalError(f"target: a class is an index, a name or a synset; got {selector!r}")
+        return self.resolver.resolve(index)
+
+    def _picture(self, item: Any, name: str) -> Image.Image | torch.Tensor:
+        """One image given to :meth:`__call__`: an RGB PIL image, or a checked (C, H, W)."""
+        if isinstance(item, Image.Image):
+            return _to_rgb(item)  # prepare() makes it grey for a one-channel black box
+        if isinstance(item, (str, os.PathLike)):
+            return load_image(item)  # a missing or broken file: DataError naming it
+        if isinstance(item, torch.Tensor):
+            return self._check_images(item, name, dims=(3,))[0]
+        hint = (
+            " (an (H, W, C) array: Image.fromarray(array), or a tensor via torch.from_numpy)"
+            if type(item).__module__ == "numpy"
+            else ""
+        )
+        raise RtsalError(
+            f"{name}: an image is a PIL image, a file path or a float tensor (C, H, W); got "
+            f"{type(item).__name__}{hint}"
+        )
+
+    def _check_images(self, x: Any, name: str, dims: tuple[int, ...]) -> torch.Tensor:
+        """``x`` as (B, C, H, W), or an RtsalError saying what is wrong with it."""
+        c = self.black_box.in_channels
+        shape = " or ".join({3: "(C, H, W)", 4: "(B, C, H, W)"}[d] for d in dims)
+        if not isinstance(x, torch.Tensor):
+            raise RtsalError(f"{name} must be a tensor {shape}; got {type(x).__name__}")
+        if x.dim() not in dims or x.shape[-3] != c or min(x.shape[-2:]) < 1:
+            raise RtsalError(
+                f"{name} must have shape {shape} with C = {c} for black box "
+                f"{self.black_box.name!r}; got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise RtsalError(
+                f"{name} must be a float tensor in [0, 1]; got {x.dtype} (divide 8-bit images "
+                "by 255)"
+            )
+        if x.numel():
+            lo, hi = float(x.min()), float(x.max())
+            if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+                raise RtsalError(
+                    f"{name} must hold images in [0, 1] (the black box normalises them itself); "
+                    f"got values from {lo:.3g} to {hi:.3g}"
+                )
+        return x if x.dim() == 4 else x[None]
+
+    def _at_model_size(self, picture: Image.Image | torch.Tensor, size: tuple[int, int]):
+        """(C, h, w) in [0, 1] at the model's resolution ``size``, on the explainer's device."""
+        if isinstance(picture, Image.Image):
+            return self.prepare(picture).to(self.device)
+        x = picture.detach().to(self.device, torch.float32)
+        if tuple(x.shape[-2:]) != size:  # as prepare() resizes a PIL image: its filter
+            mode = {"bicubic": "bicubic", "nearest": "nearest"}.get(
+                self.black_box.interpolation, "bilinear"
+            )
+            smooth = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
+            x = F.interpolate(x[None], size=size, mode=mode, **smooth)[0].clamp(0, 1)
+        return x
+
+    def _masks_at_own_size(
+        self,
+        pictures: list[Image.Image | torch.Tensor],
+        classes: torch.Tensor | None,
+        batch_size: int,
+    ) -> list[torch.Tensor]:
+        """One (1, H, W) mask per picture; pictures of one model resolution share passes."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, picture in enumerate(pictures):
+            groups[self._model_size(*_height_width(picture))].append(i)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(pictures)
+        for size, members in groups.items():
+            for start in range(0, len(members), batch_size):
+                chunk = members[start : start + batch_size]
+                x = torch.stack([self._at_model_size(pictures[i], size) for i in chunk])
+                mask, _, _ = self.masks(x, None if classes is None else classes[chunk])
+                for row, i in enumerate(chunk):
+                    where = pictures[i].device if isinstance(pictures[i], torch.Tensor) else "cpu"
+                    full = mask_at_size(mask[row : row + 1], _height_width(pictures[i]))
+                    out[i] = _ordinary(full[0].to(where))
+        return out
+
+
+def mask_at_size(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Masks (R, 1, h, w) -> (R, 1, H, W), bilinear and clamped to [0, 1]: how every mask is
+    brought to its image's resolution."""
+    return F.interpolate(mask.float(), size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _height_width(picture: Image.Image | torch.Tensor) -> tuple[int, int]:
+    if isinstance(picture, Image.Image):
+        return picture.height, picture.width
+    return int(picture.shape[-2]), int(picture.shape[-1])
+
+
+def _ordinary(t: torch.Tensor) -> torch.Tensor:
+    """A tensor made under ``inference_mode`` as an ordinary one (autograd may then use it)."""
+    return t.clone() if t.is_inference() else t
 
 
 def _log_probabilities(probs: torch.Tensor) -> torch.Tensor:
