@@ -7,6 +7,9 @@
 Without ``--image`` it uses scikit-image's ``chelsea`` photo (a cat) when scikit-image is there.
 Without ``--blackbox`` it explains ``efficientnet_lite0`` (from the rtsal-efficientnet-lite plugin)
 when that is installed, and the small CIFAR-10 network in ``my_model.py`` otherwise.
+
+This shows the parts underneath; to explain images with a trained model, ``rtsal.Explainer``
+does it in two lines (``Explainer.from_pretrained(checkpoint)(image, "tabby")``, docs/api.md).
 """
 
 from __future__ import annotations
