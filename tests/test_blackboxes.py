@@ -137,3 +137,39 @@ def test_lite0_accuracy_command():
     res = json.loads(run.stdout)
     assert res["images"] == 48
     assert res["top1"] >= 0.7  # 88 % over all 900 photos (docs/results-imagenet.md)
+
+
+def test_module_factory_found_in_the_current_folder_and_missing_normalisation_warned(tmp_path):
+    """`rtsal explain --blackbox mymodel:build` from the folder holding mymodel.py works with the
+    `rtsal` script (which, unlike `python -m`, does not put that folder on the path), and a
+    module without mean/std is used unnormalised with a warning."""
+    import subprocess
+    import sys
+
+    (tmp_path / "cwd_model_rtsal_test.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),\n"
+        "                               torch.nn.Linear(3, 4))\n"
+    )
+    code = (
+        "import sys, warnings\n"
+        "sys.path = [p for p in sys.path if p not in ('', '.') and p != sys.argv[1]]\n"
+        "from rtsal import create_black_box\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    box = create_black_box('cwd_model_rtsal_test:build')\n"
+        "print(box.num_classes, box.mean.flatten().tolist(), [str(w.message) for w in seen])\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("4 [0.0, 0.0, 0.0]")
+    assert "no mean/std attributes" in p.stdout
+    with pytest.raises(RtsalError, match="cannot import module"):
+        create_black_box("no_such_module_rtsal_test:build")

@@ -2,8 +2,9 @@
 
 The factory takes no required arguments and returns either a :class:`rtsal.BlackBox` or a plain
 ``nn.Module``; a plain module may carry ``class_names``, ``mean``, ``std`` and ``input_size``
-attributes (defaults: identity normalisation, 224 px, names ``class_0``...). Importing this plugin
-module is cheap: torch is imported when a black box is built.
+attributes (defaults: identity normalisation, with a warning; 224 px; names ``class_0``...).
+A ``module:factory`` is looked up on the path and, failing that, in the current folder.
+Importing this plugin module is cheap: torch is imported when a black box is built.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import importlib.util
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +47,15 @@ def _import_target(target: str):
             raise RtsalError(f"importing {target} failed: {type(exc).__name__}: {exc}") from None
         return module
     try:
-        return importlib.import_module(target)
+        try:
+            return importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            # the `rtsal` script, unlike `python -m`, does not put the current folder on the path
+            here = str(Path.cwd())
+            if exc.name != target.split(".")[0] or here in sys.path:
+                raise
+            sys.path.append(here)  # after installed packages: it never shadows them
+            return importlib.import_module(target)
     except ImportError as exc:
         raise RtsalError(f"cannot import module {target!r}: {exc}") from None
     except Exception as exc:
@@ -58,6 +68,12 @@ def wrap_module(net: nn.Module, name: str, provider: str = "user") -> BlackBox:
 
     from rtsal.registry.blackbox import BlackBox
 
+    if not hasattr(net, "mean") or not hasattr(net, "std"):
+        warnings.warn(
+            f"black box {name} has no mean/std attributes: images reach it in [0, 1], "
+            "unnormalised (give the module mean and std, or return a BlackBox)",
+            stacklevel=2,
+        )
     mean = tuple(getattr(net, "mean", (0.0, 0.0, 0.0)))
     std = tuple(getattr(net, "std", (1.0,) * len(mean)))
     size = getattr(net, "input_size", 224)
