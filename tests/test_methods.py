@@ -390,6 +390,17 @@ def test_gradcam_target_layer_option(images):
     assert hooks_of(box) == {}
 
 
+def test_gradcam_target_layer_as_a_module(images):
+    box = black_box("resnet18")
+    by_module = GradCAMMethod(box, target_layer=box.network.layer3)
+    assert by_module.target_layer == "layer3"
+    classes = top_classes(box, images)
+    by_name = GradCAMMethod(box, target_layer="layer3").explain(images, classes)
+    assert torch.equal(by_module.explain(images, classes), by_name)
+    with pytest.raises(RtsalError, match="not a module of the black box"):
+        GradCAMMethod(box, target_layer=nn.Conv2d(3, 3, 1))
+
+
 def test_gradcam_on_a_linear_map_is_relu_of_the_weighted_channels():
     # network: 2-channel 2x2 map -> global average pool -> linear; alpha_k = w_ck / 4
     conv = nn.Conv2d(3, 2, 1, bias=False)

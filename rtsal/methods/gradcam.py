@@ -51,6 +51,15 @@ def _before_saturation(
     return name
 
 
+def _module_name(network: nn.Module, module: nn.Module) -> str:
+    for name, m in network.named_modules():
+        if m is module and name:
+            return name
+    raise RtsalError(
+        f"Grad-CAM target layer {type(module).__name__} is not a module of the black box's network"
+    )
+
+
 def default_target_layer(network: nn.Module, probe: torch.Tensor) -> str:
     """Name of the module producing the network's last spatial feature map.
 
@@ -102,8 +111,8 @@ class GradCAMMethod:
     """Grad-CAM (Selvaraju et al., 2017) on one target layer.
 
     Options:
-        target_layer: name of a module of the black box's network (``black_box.network``), as in
-            ``network.named_modules()``, e.g. ``"layer4"``. Its output must be a feature map
+        target_layer: a module of the black box's network (``black_box.network``), or its name as
+            in ``network.named_modules()``, e.g. ``"layer4"``. Its output must be a feature map
             (B, K, h, w). Default: the module producing the last spatial feature map (see
             :func:`default_target_layer`), found with one probe pass on the first call.
         normalize: ``"max"`` (default) divides each map by its maximum; ``"minmax"`` first
@@ -120,7 +129,7 @@ class GradCAMMethod:
     """
 
     def __init__(
-        self, black_box: Any, target_layer: str | None = None, normalize: str = "max"
+        self, black_box: Any, target_layer: str | nn.Module | None = None, normalize: str = "max"
     ) -> None:
         if normalize not in ("max", "minmax"):
             raise RtsalError(f"Grad-CAM normalize must be max or minmax, not {normalize!r}")
@@ -128,6 +137,8 @@ class GradCAMMethod:
         self.black_box = black_box
         self.network = _network(black_box)
         modules = dict(self.network.named_modules())
+        if isinstance(target_layer, nn.Module):  # a module, as pytorch-grad-cam takes it
+            target_layer = _module_name(self.network, target_layer)
         if target_layer is not None and target_layer not in modules:
             raise UnknownNameError("target layer", target_layer, [n for n in modules if n])
         self.target_layer = target_layer
