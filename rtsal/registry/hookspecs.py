@@ -42,7 +42,9 @@ def register_methods(register: Any) -> None:
 
     Call ``register(name, factory, *, summary="")``; ``factory(black_box, **options)`` returns an
     object whose ``explain(images, classes) -> masks`` takes images in [0, 1] of shape
-    (B, C, H, W) and class ids (B,) and returns masks in [0, 1] of shape (B, 1, H, W).
+    (B, C, H, W) and class ids (B,) and returns masks in [0, 1] of shape (B, 1, H, W). (B, H, W)
+    and maps at a lower resolution are accepted (resized bilinearly, clamped to [0, 1]); any
+    other shape, or a non-finite value, is one error line naming the method.
     """
 
 
