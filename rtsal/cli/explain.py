@@ -57,6 +57,16 @@ Out = Annotated[
 SaveNpy = Annotated[bool, typer.Option("--save-npy", help="Also save float masks as .npy.")]
 Resize = Annotated[str, typer.Option(help="fit (keep aspect) or square.")]
 BatchSize = Annotated[int, typer.Option("--batch-size")]
+ChunkSize = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk-size",
+        min=1,
+        show_default=False,
+        help="(Image, class) pairs explained at once (default 16): memory stays the same "
+        "whatever --topk is.",
+    ),
+]
 Size = Annotated[int | None, typer.Option(help="Video: model resolution (short side).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 Backend = Annotated[
@@ -99,6 +109,7 @@ def explain(
     save_npy: SaveNpy = False,
     resize: Resize = "fit",
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    chunk_size: ChunkSize = None,
     size: Size = None,
     device: Device = "auto",
     backend: Backend = "pytorch",
@@ -139,6 +150,7 @@ def explain(
             method_options=parse_method_options(method_option),
             precision=precision,
             backend=backend,
+            chunk_size=chunk_size,
         )
     _report(run, json_out)
 

@@ -36,9 +36,35 @@ Target = int | str | Sequence[int | str] | torch.Tensor | None  # None: each ima
 _RANGE_SLACK = 0.25
 
 
+# (image, class) pairs decoded and scored in one pass (masks, f_c(X * M), f_c(X * (1 - M)),
+# boxes): the per-pair working memory is this many pairs' worth, whatever topk is. 16 is as fast
+# as 32 on a CPU (from 16 rows on, the 1 x 1 convolutions take oneDNN's faster path) for half
+# the memory (docs/performance.md).
+DEFAULT_CHUNK_SIZE = 16
+# Refuse a call whose estimated memory is above this (bytes; RTSAL_MEMORY_LIMIT, e.g. "12G",
+# overrides it, "0" turns the check off).
+DEFAULT_MEMORY_LIMIT = 8 * 10**9
+# Estimated working memory of one (image, class) pair in a chunk, per pixel at the model's
+# resolution: its encoder features, the decoder's activations, X * M, X * (1 - M) and the black
+# box's activations on them. Measured on the shipped model (EfficientNet-Lite0 at 224 x 352,
+# 35-45 MB a pair, docs/performance.md) and rounded up.
+PAIR_BYTES_PER_PIXEL = 600
+# What ``rtsal explain`` keeps of each (image, class) pair until the end: its record (about
+# 1.1 kB, measured with tracemalloc) and its rows in index.html and explanations.jsonl, built
+# at the end; rounded up.
+RECORD_BYTES = 4096
+
+
 @dataclass
 class Explanation:
-    """One image and one class."""
+    """One image and one class.
+
+    ``mask`` is the (H, W) mask at the image's original resolution. The explanations
+    :meth:`Explainer.explain_batch` returns hold it at the model's resolution (h, w) until
+    ``mask`` is first read, which brings it to the image's resolution (the same bilinear resize,
+    the same numbers) and keeps it: results for many classes (``topk``) do not hold a
+    full-resolution mask each unless asked for them.
+    """
 
     class_index: int
     class_name: str
@@ -51,6 +77,32 @@ class Explanation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _AtModelSize:
+    """A mask kept at the model's resolution, (1, 1, h, w), to be resized to ``size``."""
+
+    mask: torch.Tensor
+    size: tuple[int, int]
+
+    def full(self) -> torch.Tensor:
+        return mask_at_size(self.mask, self.size)[0, 0]
+
+
+def _get_mask(self: Explanation) -> torch.Tensor:
+    if isinstance(self._mask, _AtModelSize):
+        self._mask = self._mask.full()  # kept: later reads cost nothing
+    return self._mask
+
+
+def _set_mask(self: Explanation, value: torch.Tensor | _AtModelSize) -> None:
+    self._mask = value
+
+
+# After the dataclass is made, so that ``mask`` stays an ordinary field of __init__, __eq__,
+# __repr__ and dataclasses.replace, while a mask at model resolution is resized on first read.
+Explanation.mask = property(_get_mask, _set_mask)  # type: ignore[assignment]
+
+
 class Explainer:
     """A masking model (or any registered method) ready to explain images.
 
@@ -60,6 +112,14 @@ class Explainer:
     ``precision="bfloat16"`` runs the masking model under bf16 autocast (faster still where the
     CPU has bf16 units, at the cost of small differences in the masks). The masking model's
     decoder runs with its BatchNorms folded into the convolutions (``fuse=False`` to keep them).
+
+    :meth:`explain_batch` and :meth:`iter_explanations` work through the (image, class) pairs
+    ``chunk_size`` at a time (default ``DEFAULT_CHUNK_SIZE``: masks, the black box on image x mask
+    and on image x (1 - mask), boxes), so their working memory does not grow with ``topk``. The
+    results do not depend on the chunk size beyond float rounding (the kernels round differently
+    at different batch sizes: about 1e-6). A call whose estimated memory is above
+    ``memory_limit`` (bytes, or a size such as ``"12G"``; default ``RTSAL_MEMORY_LIMIT``, else
+    8 GB; 0 turns the check off) is refused before any work, saying what to lower.
 
     ``Explainer()`` is the shipped model (EfficientNet-Lite0, ImageNet);
     :meth:`from_pretrained` loads a checkpoint directory. Calling the explainer gives masks at
@@ -78,6 +138,8 @@ class Explainer:
         precision: str = "float32",
         fuse: bool = True,
         backend: str = "pytorch",
+        chunk_size: int | None = None,
+        memory_limit: int | str | None = None,
     ):
         from rtsal.device import resolve_device
         from rtsal.engine.checkpoint import load_masker
@@ -103,6 +165,12 @@ class Explainer:
         if precision not in ("float32", "bfloat16"):
             raise RtsalError("--precision must be float32 or bfloat16")
         self.precision = precision
+        if chunk_size is None:
+            chunk_size = DEFAULT_CHUNK_SIZE
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise RtsalError(f"--chunk-size must be a whole number of at least 1; got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.memory_limit = _memory_limit(memory_limit)
         self.model = None
         self.onnx = None
         if method == "masker":
@@ -219,7 +287,79 @@ class Explainer:
         k = max(1, min(topk or 1, logits.shape[1]))
         return logits.topk(k, dim=1).indices.tolist()
 
-    @torch.inference_mode()
+    def classes_per_image(self, classes: Sequence[int] | None, topk: int | None) -> int:
+        """How many classes each image is explained for; a ``topk`` above the black box's number
+        of classes is refused (one line saying how many there are)."""
+        if classes:
+            return len(classes)
+        n = self.black_box.num_classes
+        if topk is not None and topk > n:
+            raise RtsalError(
+                f"--topk {topk} is more than the {n} classes of black box "
+                f"{self.black_box.name!r}; ask for {n} at most"
+            )
+        return max(1, topk or 1)
+
+    def memory_estimate(
+        self,
+        images: int,
+        per_image: int,
+        size: tuple[int, int],
+        *,
+        hold_masks: bool = False,
+        records: int = 0,
+    ) -> dict[str, int]:
+        """Bytes a call needs, by what they are for (estimates, see ``PAIR_BYTES_PER_PIXEL``):
+        ``working`` for the encoder pass over ``images`` images and one chunk of (image, class)
+        pairs at model resolution ``size``; ``masks`` for the masks :meth:`explain_batch` returns
+        (at model resolution, ``hold_masks``); ``records`` for ``rtsal explain``'s records."""
+        pixels = size[0] * size[1]
+        pairs = images * per_image
+        return {
+            "working": (min(self.chunk_size, pairs) + images) * pixels * PAIR_BYTES_PER_PIXEL,
+            "masks": pairs * pixels * 4 if hold_masks else 0,
+            "records": records * RECORD_BYTES,
+        }
+
+    def check_memory(
+        self,
+        estimate: dict[str, int],
+        *,
+        images: int,
+        per_image: int,
+        batch: int | None = None,
+    ) -> None:
+        """Refuse, in one line saying what to lower, a call whose estimate is above the limit
+        (``images`` in all, ``batch`` of them, default all, in one encoder pass)."""
+        total = sum(estimate.values())
+        if not self.memory_limit or total <= self.memory_limit:
+            return
+        biggest = max(estimate, key=estimate.__getitem__)
+        pairs = f"{images} image{'s' if images != 1 else ''} x {per_image} classes"
+        if biggest == "working":
+            at_once = min(self.chunk_size, (batch or images) * per_image)
+            what = f"{at_once} (image, class) pairs at a time"
+            lower = f"lower the chunk size (--chunk-size, chunk_size; now {self.chunk_size})"
+        elif biggest == "masks":
+            what = f"{pairs}, every mask held in the results"
+            lower = (
+                "lower topk or the number of images per call, or use iter_explanations "
+                "(one explanation at a time)"
+            )
+        else:
+            what = f"{pairs}, a record kept for each"
+            lower = "lower --topk or explain fewer images per run"
+        raise RtsalError(
+            f"explaining {what} would need about {total / 1e9:.1f} GB, above the "
+            f"{self.memory_limit / 1e9:.1f} GB limit: {lower} (or raise RTSAL_MEMORY_LIMIT)"
+        )
+
+    def largest_model_size(self) -> tuple[int, int]:
+        """The largest model resolution an image can get (``fit`` caps the aspect ratio)."""
+        if self.resize == "square":
+            return self.black_box.input_size
+        return self._model_size(1, 10**6)
+
     def explain_batch(
         self,
         images: Sequence[Image.Image],
@@ -230,31 +370,131 @@ class Explainer:
     ) -> list[list[Explanation]]:
         """Explain same-sized (at model resolution) images; one list of explanations per image.
 
-        One encoder pass per image serves the prediction and every class explained.
+        One encoder pass per image serves the prediction and every class explained; the
+        (image, class) pairs are then explained ``chunk_size`` at a time. The masks are kept at
+        model resolution and brought to each image's on first read of ``Explanation.mask``.
         ``prepared``: the images already passed through :meth:`prepare` (e.g. by a reader
         thread), in the same order.
         """
+        results: list[list[Explanation]] = [[] for _ in images]
+        for i, e in self._explanations(
+            images, classes, topk, with_probabilities, prepared, hold_masks=True
+        ):
+            results[i].append(e)
+        return results
+
+    def iter_explanations(
+        self,
+        images: Sequence[Image.Image],
+        classes: Sequence[int] | None = None,
+        topk: int | None = None,
+        with_probabilities: bool = True,
+        prepared: Sequence[torch.Tensor] | None = None,
+    ) -> Iterator[tuple[int, Explanation]]:
+        """:meth:`explain_batch` one explanation at a time: ``(image index, explanation)`` in
+        the same order, each with its mask at the image's resolution. Nothing is kept once the
+        caller moves on, so memory stays at one chunk of pairs however large ``topk`` is (what
+        ``rtsal explain`` uses). Classes and memory are checked before this returns."""
+        return self._explanations(
+            images, classes, topk, with_probabilities, prepared, hold_masks=False
+        )
+
+    def _explanations(
+        self,
+        images: Sequence[Image.Image],
+        classes: Sequence[int] | None,
+        topk: int | None,
+        with_probabilities: bool,
+        prepared: Sequence[torch.Tensor] | None,
+        hold_masks: bool,
+    ) -> Iterator[tuple[int, Explanation]]:
+        per_image = self.classes_per_image(classes, topk)
         if prepared is None:
             prepared = [self.prepare(im) for im in images]
-        x = self._input(torch.stack(list(prepared)))  # (B, C, h, w)
-        feats = None
-        top1_masks = None
-        if self.onnx is not None:  # one run gives each image's top-1 mask and the probabilities
-            top1_masks, probs = self.onnx(x, None)
-            logits = _log_probabilities(probs)
-        elif self.model is not None:
-            with self._autocast():
-                feats = self.model.encode_and_classify(x, self.black_box)
-            logits = feats.logits.float()
-        else:
-            logits = self.black_box(x)
-        chosen = self.select_classes(logits, classes, topk)
-        img_idx = torch.tensor([i for i, cs in enumerate(chosen) for _ in cs], device=x.device)
-        cb = torch.tensor([c for cs in chosen for c in cs], device=x.device)
+        if not len(prepared):
+            return iter(())
+        size = tuple(prepared[0].shape[-2:])
+        estimate = self.memory_estimate(len(prepared), per_image, size, hold_masks=hold_masks)
+        self.check_memory(estimate, images=len(prepared), per_image=per_image)
+        return self._explain_in_chunks(
+            images, prepared, classes, topk, with_probabilities, hold_masks
+        )
+
+    def _explain_in_chunks(
+        self,
+        images: Sequence[Image.Image],
+        prepared: Sequence[torch.Tensor],
+        classes: Sequence[int] | None,
+        topk: int | None,
+        with_probabilities: bool,
+        hold_masks: bool,
+    ) -> Iterator[tuple[int, Explanation]]:
+        with torch.inference_mode():
+            x = self._input(torch.stack(list(prepared)))  # (B, C, h, w)
+            feats = None
+            top1_masks = None
+            if self.onnx is not None:  # one run gives each image's top-1 mask and probabilities
+                top1_masks, probs = self.onnx(x, None)
+                logits = _log_probabilities(probs)
+            elif self.model is not None:
+                with self._autocast():
+                    feats = self.model.encode_and_classify(x, self.black_box)
+                logits = feats.logits.float()
+            else:
+                logits = self.black_box(x)
+            chosen = self.select_classes(logits, classes, topk)
+            img_idx = torch.tensor([i for i, cs in enumerate(chosen) for _ in cs], device=x.device)
+            cb = torch.tensor([c for cs in chosen for c in cs], device=x.device)
+        for start in range(0, len(cb), self.chunk_size):
+            rows = slice(start, start + self.chunk_size)
+            with torch.inference_mode():
+                m, p_img, pk, pd = self._explain_chunk(
+                    x, feats, logits, top1_masks, img_idx[rows], cb[rows], with_probabilities
+                )
+            for r, (i, c) in enumerate(zip(img_idx[rows].tolist(), cb[rows].tolist(), strict=True)):
+                scores = (float(p_img[r]), float(pk[r]), float(pd[r]))
+                yield i, self._explanation(images[i], c, m[r : r + 1], scores, hold_masks)
+
+    @torch.inference_mode()
+    def _explanation(
+        self,
+        im: Image.Image,
+        c: int,
+        low: torch.Tensor,
+        scores: tuple[float, float, float],
+        hold_mask: bool,
+    ) -> Explanation:
+        """Image ``im`` and class ``c`` from its mask at model resolution (1, 1, h, w); the area
+        and box come from the mask at the image's resolution, which is kept only if not
+        ``hold_mask`` (then the one at model resolution is kept instead)."""
+        size = (im.height, im.width)
+        full = mask_at_size(low, size)[0, 0].cpu()
+        return Explanation(
+            class_index=c,
+            class_name=self.black_box.class_names[c],
+            mask=_AtModelSize(low.cpu().clone(), size) if hold_mask else full,
+            p_image=scores[0],
+            p_preserved=scores[1],
+            p_destroyed=scores[2],
+            area=float(full.mean()),
+            box=threshold_box(full),
+        )
+
+    def _explain_chunk(
+        self,
+        x: torch.Tensor,
+        feats: Any,
+        logits: torch.Tensor,
+        top1_masks: torch.Tensor | None,
+        img_idx: torch.Tensor,
+        cb: torch.Tensor,
+        with_probabilities: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masks (R, 1, h, w) at model resolution, f_c(X), f_c(X * M) and f_c(X * (1 - M)) (R,)
+        for R (image, class) rows: row r is class ``cb[r]`` of image ``img_idx[r]``."""
         xb = x[img_idx]  # one row per (image, class)
         if top1_masks is not None:
-            top1 = logits.argmax(1)
-            if bool((top1[img_idx] == cb).all()):
+            if bool((logits.argmax(1)[img_idx] == cb).all()):
                 m = top1_masks[img_idx]
             else:
                 m, _ = self.onnx(xb, cb)
@@ -275,23 +515,7 @@ class Explainer:
             pk, pd = prob(self.black_box(xb * m)), prob(self.black_box(xb * (1 - m)))
         else:
             pk = pd = torch.full_like(p_img, float("nan"))
-        results: list[list[Explanation]] = [[] for _ in images]
-        for row, (i, c) in enumerate(zip(img_idx.tolist(), cb.tolist(), strict=True)):
-            im = images[i]
-            full = mask_at_size(m[row : row + 1], (im.height, im.width))[0, 0].cpu()
-            results[i].append(
-                Explanation(
-                    class_index=c,
-                    class_name=self.black_box.class_names[c],
-                    mask=full,
-                    p_image=float(p_img[row]),
-                    p_preserved=float(pk[row]),
-                    p_destroyed=float(pd[row]),
-                    area=float(full.mean()),
-                    box=threshold_box(full),
-                )
-            )
-        return results
+        return m, p_img, pk, pd
 
     # ---------------------------------------------------------------- the library API
     def __call__(
@@ -473,6 +697,27 @@ def mask_at_size(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Masks (R, 1, h, w) -> (R, 1, H, W), bilinear and clamped to [0, 1]: how every mask is
     brought to its image's resolution."""
     return F.interpolate(mask.float(), size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _memory_limit(limit: int | str | None) -> int:
+    """Bytes from an option or ``RTSAL_MEMORY_LIMIT`` ("8G", "500M", "8e9"; 0: no limit)."""
+    if limit is None:
+        limit = os.environ.get("RTSAL_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        value = float(limit)
+    else:
+        text = str(limit).strip().upper().removesuffix("B")
+        scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(text[-1:], 1.0)
+        try:
+            value = float(text[:-1] if scale != 1.0 else text) * scale
+        except ValueError:
+            value = -1.0
+    if not 0 <= value < float("inf"):
+        raise RtsalError(
+            f"memory limit {limit!r} (RTSAL_MEMORY_LIMIT): give a size such as 8G or 500M, "
+            "or 0 for no limit"
+        )
+    return int(value)
 
 
 def _height_width(picture: Image.Image | torch.Tensor) -> tuple[int, int]:

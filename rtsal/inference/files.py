@@ -95,8 +95,9 @@ def output_files(out: Path, stem: str, e: Explanation, save_npy: bool) -> dict[s
 
 def _save_outputs(files: dict[str, str], im: Image.Image, e: Explanation) -> None:
     x = pil_to_tensor(im)  # (3, H, W)
-    m = e.mask[None]  # (1, H, W)
-    mask_img = Image.fromarray((e.mask.numpy() * 255 + 0.5).astype(np.uint8), mode="L")
+    mask = e.mask  # (H, W), read once
+    m = mask[None]  # (1, H, W)
+    mask_img = Image.fromarray((mask.numpy() * 255 + 0.5).astype(np.uint8), mode="L")
     mask_img.save(files["mask"])
     overlay(x, m).save(files["overlay"], quality=90)
     pair = torch.cat(
@@ -106,7 +107,7 @@ def _save_outputs(files: dict[str, str], im: Image.Image, e: Explanation) -> Non
         files["pair"], quality=90
     )
     if "npy" in files:
-        np.save(files["npy"], e.mask.numpy().astype(np.float32))
+        np.save(files["npy"], mask.numpy().astype(np.float32))
 
 
 def record_for(
@@ -173,27 +174,56 @@ def explain_files(
                 continue
             yield (it, x), im  # the key carries the image at model resolution
 
+    check_run_memory(explainer, len(items), classes, topk, batch_size)
     with OrderedWrites(workers, bound=2 * batch_size) as writes:
         for batch in batched_by_size(readable(), explainer, batch_size):
             images = [im for _, im in batch]
             prepared = [x for (_, x), _ in batch]
-            results = explainer.explain_batch(images, classes, topk, prepared=prepared)
-            for ((it, _), im), expls in zip(batch, results, strict=True):
-                for e in expls:
-                    files: dict[str, str] = {}
-                    if out:
-                        files = output_files(out, it.name, e, save_npy)
-                        writes.submit(_save_outputs, files, im, e)
-                    rec = record_for(it.path, im, e, files)
-                    summary.records.append({k: v for k, v in rec.items()})
-                    if on_record:
-                        on_record(rec)
-                summary.explained += 1
-                if on_image:
-                    on_image()
+            done = 0  # images of the batch whose explanations have all come
+            # one explanation at a time, written and let go: memory does not grow with topk
+            for i, e in explainer.iter_explanations(images, classes, topk, prepared=prepared):
+                for _ in range(done, i):
+                    _image_done(summary, on_image)
+                done = i
+                (it, _), im = batch[i]
+                files: dict[str, str] = {}
+                if out:
+                    files = output_files(out, it.name, e, save_npy)
+                    writes.submit(_save_outputs, files, im, e)
+                rec = record_for(it.path, im, e, files)
+                summary.records.append({k: v for k, v in rec.items()})
+                if on_record:
+                    on_record(rec)
+            for _ in range(done, len(batch)):
+                _image_done(summary, on_image)
     if out is not None and summary.records:
         write_contact_sheet(out, summary)
     return summary
+
+
+def _image_done(summary: ExplainSummary, on_image: Callable[[], None] | None) -> None:
+    summary.explained += 1
+    if on_image:
+        on_image()
+
+
+def check_run_memory(
+    explainer: Explainer,
+    images: int,
+    classes: Sequence[int] | None,
+    topk: int | None,
+    batch_size: int,
+) -> None:
+    """Before any image is read: a ``topk`` above the number of classes, or a run whose records
+    and working memory (one batch's encoder pass and one chunk of (image, class) pairs at the
+    largest model resolution) would need more than the explainer's memory limit, is refused in
+    one line. Each explanation is written and let go, so the masks themselves do not add up."""
+    per_image = explainer.classes_per_image(classes, topk)
+    batch = min(images, batch_size)
+    estimate = explainer.memory_estimate(
+        batch, per_image, explainer.largest_model_size(), records=images * per_image
+    )
+    explainer.check_memory(estimate, images=images, per_image=per_image, batch=batch)
 
 
 def write_contact_sheet(out: Path, summary: ExplainSummary) -> Path:
@@ -303,6 +333,7 @@ def explain_inputs(
     if on_error:
         for m in missing:
             on_error(m)
+    check_run_memory(explainer, len(items), wanted, topk, batch_size)  # before any output
     out_dir = prepare_out_dir(out) if out else None
     task = progress.add_task("explain", total=len(items)) if progress else None
     summary = explain_files(
