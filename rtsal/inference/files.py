@@ -80,9 +80,22 @@ class ExplainSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
-def output_files(out: Path, stem: str, e: Explanation, save_npy: bool) -> dict[str, str]:
-    """The files written for one image and class: mask PNG, overlay, Figure-1 pair (and .npy)."""
-    base = f"{stem}.{slug(e.class_name)}"
+def shared_slugs(class_names: Sequence[str]) -> set[str]:
+    """File-name slugs that more than one class has (ImageNet has two 'crane's, say)."""
+    seen: dict[str, int] = {}
+    for name in class_names:
+        seen[slug(name)] = seen.get(slug(name), 0) + 1
+    return {s for s, n in seen.items() if n > 1}
+
+
+def output_files(
+    out: Path, stem: str, e: Explanation, save_npy: bool, shared: set[str] | frozenset = frozenset()
+) -> dict[str, str]:
+    """The files written for one image and class: mask PNG, overlay, Figure-1 pair (and .npy).
+    A class whose name's slug another class shares gets its index too (``crane_134``), so no
+    two classes write the same file."""
+    name = slug(e.class_name)
+    base = f"{stem}.{name}_{e.class_index}" if name in shared else f"{stem}.{name}"
     files = {
         "mask": out / f"{base}.mask.png",
         "overlay": out / f"{base}.overlay.jpg",
@@ -175,6 +188,7 @@ def explain_files(
             yield (it, x), im  # the key carries the image at model resolution
 
     check_run_memory(explainer, len(items), classes, topk, batch_size)
+    shared = shared_slugs(explainer.black_box.class_names)
     with OrderedWrites(workers, bound=2 * batch_size) as writes:
         for batch in batched_by_size(readable(), explainer, batch_size):
             images = [im for _, im in batch]
@@ -188,7 +202,7 @@ def explain_files(
                 (it, _), im = batch[i]
                 files: dict[str, str] = {}
                 if out:
-                    files = output_files(out, it.name, e, save_npy)
+                    files = output_files(out, it.name, e, save_npy, shared)
                     writes.submit(_save_outputs, files, im, e)
                 rec = record_for(it.path, im, e, files)
                 summary.records.append({k: v for k, v in rec.items()})
