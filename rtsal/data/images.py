@@ -100,6 +100,12 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     return rgb.convert("L") if mode == "L" else rgb
 
 
+def pil_interpolation(name: str) -> int:
+    """PIL's resampling filter for a black box's ``interpolation`` (bilinear unless bicubic or
+    nearest)."""
+    return {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(name, Image.BILINEAR)
+
+
 def pil_to_tensor(im: Image.Image) -> torch.Tensor:
     """PIL image -> float tensor (C, H, W) in [0, 1]."""
     a = np.asarray(im, dtype=np.uint8)

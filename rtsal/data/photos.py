@@ -228,6 +228,16 @@ def exclusion_hashes(folders: Sequence[str | Path], **kw) -> np.ndarray:
     return np.array([i.hash for i in infos], dtype=np.uint64)
 
 
+def enclosing_folder(folder: str | Path, folders: Sequence[str | Path]) -> Path | None:
+    """The first of ``folders`` (as given) that is ``folder`` or holds it, or None."""
+    here = Path(folder).expanduser().resolve()
+    for f in folders:
+        there = Path(f).expanduser().resolve()
+        if here == there or there in here.parents:
+            return Path(f)
+    return None
+
+
 def select_training_photos(
     root: str | Path,
     *,
@@ -249,11 +259,9 @@ def select_training_photos(
     if labels not in LABEL_SOURCES:
         raise DataError(f"--labels must be one of {', '.join(LABEL_SOURCES)}, not {labels!r}")
     root = Path(root).expanduser()
-    root_resolved = root.resolve()
-    for ex in exclude:
-        ex_resolved = Path(ex).expanduser().resolve()
-        if root_resolved == ex_resolved or ex_resolved in root_resolved.parents:
-            raise DataError(f"{root} is inside the evaluation folder {ex}: it cannot be trained on")
+    ex = enclosing_folder(root, exclude)
+    if ex is not None:
+        raise DataError(f"{root} is inside the evaluation folder {ex}: it cannot be trained on")
     if labels == "folder":
         if labelled is None:
             raise DataError("folder labels need the folder's labelled samples")

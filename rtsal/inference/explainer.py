@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rtsal.data.images import _to_rgb, fit_size, load_image, pil_to_tensor
+from rtsal.data.images import _to_rgb, fit_size, load_image, pil_interpolation, pil_to_tensor
 from rtsal.engine.checkpoint import default_checkpoint
 from rtsal.engine.model import TOP1
 from rtsal.errors import RtsalError
@@ -199,9 +199,7 @@ class Explainer:
         if self.model is not None:
             self.model.to(memory_format=torch.channels_last)
         self.resolver = ClassResolver.for_black_box(self.black_box)
-        self.interp = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(
-            self.black_box.interpolation, Image.BILINEAR
-        )
+        self.interp = pil_interpolation(self.black_box.interpolation)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Explainer:

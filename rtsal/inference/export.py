@@ -407,14 +407,12 @@ def sample_photos() -> list[Image.Image]:
 def _to_tensor(
     im: Image.Image | np.ndarray, size: tuple[int, int], wrapper: ExportableMasker
 ) -> torch.Tensor:
-    from rtsal.data.images import pil_to_tensor
+    from rtsal.data.images import pil_interpolation, pil_to_tensor
 
     if isinstance(im, np.ndarray):
         im = Image.fromarray(im)
     im = im.convert("L" if wrapper.channels == 1 else "RGB")
-    interp = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(
-        wrapper.black_box.interpolation, Image.BILINEAR
-    )
+    interp = pil_interpolation(wrapper.black_box.interpolation)
     return pil_to_tensor(im.resize((size[1], size[0]), interp))
 
 

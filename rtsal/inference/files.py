@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import html
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +83,8 @@ class ExplainSummary:
 
 def shared_slugs(class_names: Sequence[str]) -> set[str]:
     """File-name slugs that more than one class has (ImageNet has two 'crane's, say)."""
-    seen: dict[str, int] = {}
-    for name in class_names:
-        seen[slug(name)] = seen.get(slug(name), 0) + 1
-    return {s for s, n in seen.items() if n > 1}
+    counts = Counter(slug(name) for name in class_names)
+    return {s for s, n in counts.items() if n > 1}
 
 
 def output_files(

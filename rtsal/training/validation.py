@@ -30,7 +30,7 @@ import torch
 from rtsal.data.mosaic import load_tile, mosaic_cases, render_case, score_mosaic_masks
 from rtsal.engine import _rng
 from rtsal.errors import DataError
-from rtsal.metrics.localization import LocalisationError, annotation_entries, mask_box, read_boxes
+from rtsal.metrics.localization import LocalisationError, mask_box, read_boxes
 from rtsal.metrics.saliency import Box, resize_box, saliency_metric, salient_box
 
 VALIDATION_STREAM = 11
@@ -42,19 +42,18 @@ def read_box_photos(path: str | Path, resolver, exclude=()) -> list[BoxPhoto]:
     """The photos of a box file (a ``boxes.json`` or a folder holding one, in the form of
     ``imagenet-val-boxes/boxes.json``), their class indices and boxes. Evaluation photos are
     refused: ``ILSVRC2012_val_*`` files and anything inside an ``exclude`` folder."""
-    from rtsal.data.photos import is_evaluation_photo
+    from rtsal.data.photos import enclosing_folder, is_evaluation_photo
 
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"--val-boxes: {path} not found")
     folder = path if path.is_dir() else path.parent
-    for ex in exclude:
-        ex = Path(ex).expanduser().resolve()
-        if folder.resolve() == ex or ex in folder.resolve().parents:
-            raise DataError(
-                f"--val-boxes {path} is inside the evaluation folder {ex}: "
-                "choose checkpoints on photos you do not measure on"
-            )
+    ex = enclosing_folder(folder, exclude)
+    if ex is not None:
+        raise DataError(
+            f"--val-boxes {path} is inside the evaluation folder {ex}: "
+            "choose checkpoints on photos you do not measure on"
+        )
     annotations = read_boxes(path)
     out: list[BoxPhoto] = []
     for name in sorted(annotations):
@@ -65,7 +64,7 @@ def read_box_photos(path: str | Path, resolver, exclude=()) -> list[BoxPhoto]:
             )
         if not photo.is_file():
             raise DataError(f"--val-boxes lists {name}, which is not in {folder}")
-        entries = annotation_entries(annotations, name)
+        entries = annotations[name]
         cls = entries[0][0]
         out.append((photo, resolver.resolve(cls), [b for c, b in entries if c == cls]))
     if not out:
@@ -88,7 +87,12 @@ class Validator:
         batch_size: int = 16,
         box_photos: Sequence[BoxPhoto] = (),
     ):
-        from rtsal.data.images import load_image, photo_transform, pil_to_tensor
+        from rtsal.data.images import (
+            load_image,
+            photo_transform,
+            pil_interpolation,
+            pil_to_tensor,
+        )
 
         self.black_box = black_box
         self.size = tuple(size)
@@ -125,7 +129,9 @@ class Validator:
         self.box_images, self.box_truth = [], []
         for p, _, boxes in box_photos:
             im = load_image(p)
-            self.box_images.append(pil_to_tensor(im.resize((w, h), _interpolation(box))))
+            self.box_images.append(
+                pil_to_tensor(im.resize((w, h), pil_interpolation(box.interpolation)))
+            )
             self.box_truth.append([resize_box(b, (im.height, im.width), (h, w)) for b in boxes])
         self.box_images = (
             torch.stack(self.box_images).mul(255).round().byte() if box_photos else None
@@ -187,11 +193,3 @@ class Validator:
             result["saliency"] = sum(scores) / len(scores)
         result["score"] = result.get("box_loc", result.get("mosaic_loc", 0.0))
         return result
-
-
-def _interpolation(black_box):
-    from PIL import Image
-
-    return {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(
-        black_box.interpolation, Image.BILINEAR
-    )
