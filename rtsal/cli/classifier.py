@@ -27,12 +27,17 @@ DataOption = Annotated[
 ]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory.")]
 DataRootOption = Annotated[str | None, typer.Option(help="Local copy of the data set.")]
-ArchOption = Annotated[str, typer.Option(help="resnet9 or resnet18.")]
+ArchOption = Annotated[
+    str, typer.Option(help="resnet9, resnet18 or vit (a small vision transformer).")
+]
 WidthOption = Annotated[int, typer.Option(help="Base channel width.")]
 EpochsOption = Annotated[int, typer.Option(help="Epochs (one-cycle schedule).")]
 StepsOption = Annotated[int | None, typer.Option(help="Stop after this many steps.")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size")]
-LrOption = Annotated[float, typer.Option(help="Peak SGD learning rate.")]
+LrOption = Annotated[
+    float | None,
+    typer.Option(help="Peak learning rate (default: 0.2, SGD, for ResNets; 1e-3, AdamW, for vit)."),
+]
 LimitOption = Annotated[int | None, typer.Option(help="Train on a seeded subset.")]
 WorkersOption = Annotated[int, typer.Option(help="Data-loading workers.")]
 SeedOption = Annotated[int, typer.Option()]
@@ -50,7 +55,7 @@ def train_classifier_cmd(
     epochs: EpochsOption = 10,
     steps: StepsOption = None,
     batch_size: BatchSizeOption = 256,
-    lr: LrOption = 0.2,
+    lr: LrOption = None,
     limit: LimitOption = None,
     workers: WorkersOption = 0,
     seed: SeedOption = 0,

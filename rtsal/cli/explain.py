@@ -55,7 +55,10 @@ Out = Annotated[
     Path | None, typer.Option("--out", "-o", help="Output folder (or .mp4 file for a video).")
 ]
 SaveNpy = Annotated[bool, typer.Option("--save-npy", help="Also save float masks as .npy.")]
-Resize = Annotated[str, typer.Option(help="fit (keep aspect) or square.")]
+Resize = Annotated[
+    str,
+    typer.Option(help="auto (square for fixed-size models such as ViTs, else fit), fit or square."),
+]
 BatchSize = Annotated[int, typer.Option("--batch-size")]
 ChunkSize = Annotated[
     int | None,
@@ -107,7 +110,7 @@ def explain(
     method_option: MethodOptions = None,
     out: Out = None,
     save_npy: SaveNpy = False,
-    resize: Resize = "fit",
+    resize: Resize = "auto",
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     chunk_size: ChunkSize = None,
     size: Size = None,

@@ -97,7 +97,10 @@ Blackbox = Annotated[
 Limit = Annotated[
     int | None, typer.Option(help="Use N images spread evenly over the list (every class).")
 ]
-Resize = Annotated[str, typer.Option(help="fit (keep aspect) or square.")]
+Resize = Annotated[
+    str,
+    typer.Option(help="auto (square for fixed-size models such as ViTs, else fit), fit or square."),
+]
 Out = Annotated[
     Path | None,
     typer.Option("--out", "-o", help="Write per-image rows (CSV) and the summary (JSON) here."),

@@ -56,6 +56,14 @@ class TimmEncoder(nn.Module):
 
     The coarsest map is ``forward_features`` (the classifier's penultimate map: 2048 channels for
     ResNet-50, 1280 for EfficientNet-Lite0), so ``forward_head`` on it gives the logits for free.
+    A channels-last final map (Swin's ``NHWC``) is read as channels-first.
+
+    A plain vision transformer (ViT, DeiT: every block at the patch stride s) has no pyramid; it
+    gets a fixed one, as in ViTDet's simple feature pyramid but with no weights of its own: the
+    outputs of the blocks at one, two and three thirds of the depth, bilinearly upsampled to
+    strides s/4 and s/2 and kept at s, and for the coarsest map (stride 2s, what the feature
+    filter reads) the final patch tokens, reshaped to their grid and average-pooled 2 x 2. The
+    logits still come from the final tokens through ``forward_head``.
     """
 
     trainable = False
@@ -69,19 +77,47 @@ class TimmEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         info = network.feature_info
         info = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
-        self.skip_strides = [int(d["reduction"]) for d in info]
-        self.skip_channels = [int(d["num_chs"]) for d in info]
+        strides = [int(d["reduction"]) for d in info]
         self.coarsest_channels = int(network.num_features)
-        self.coarsest_stride = self.skip_strides[-1]
+        self.channels_last_final = getattr(network, "output_fmt", "NCHW") == "NHWC"
+        self.tokens = len(info) > 1 and len(set(strides)) == 1  # one stride: a plain ViT
+        if self.tokens:
+            depth, s = len(info), strides[0]
+            self.take = [max(0, depth // 3 - 1), max(0, 2 * depth // 3 - 1), depth - 1]
+            self.skip_strides = [s // 4, s // 2, s]
+            self.skip_channels = [int(info[i]["num_chs"]) for i in self.take]
+            self.coarsest_stride = 2 * s
+            self.prefix_tokens = int(getattr(network, "num_prefix_tokens", 0))
+        else:
+            self.skip_strides = strides
+            self.skip_channels = [int(d["num_chs"]) for d in info]
+            self.coarsest_stride = self.skip_strides[-1]
 
     def train(self, mode: bool = True) -> TimmEncoder:
         return super().train(False)
 
     def forward(self, x: torch.Tensor, with_logits: bool = False) -> EncoderFeatures:
         with torch.no_grad():
-            final, inter = self.network.forward_intermediates((x - self.mean) / self.std)
+            x = (x - self.mean) / self.std
+            if self.tokens:
+                return self._token_features(x, with_logits)
+            final, inter = self.network.forward_intermediates(x)
             logits = self.network.forward_head(final) if with_logits else None
+            if self.channels_last_final:
+                final = final.permute(0, 3, 1, 2)
         return EncoderFeatures(list(inter), final, logits)
+
+    def _token_features(self, x: torch.Tensor, with_logits: bool) -> EncoderFeatures:
+        final, inter = self.network.forward_intermediates(x, indices=self.take)
+        logits = self.network.forward_head(final) if with_logits else None
+        h, w = inter[-1].shape[-2:]
+        grid = final[:, self.prefix_tokens :].transpose(1, 2).reshape(final.shape[0], -1, h, w)
+        skips = [
+            F.interpolate(m, scale_factor=f, mode="bilinear", align_corners=False)
+            for m, f in zip(inter[:2], (4, 2), strict=True)
+        ] + [inter[2]]
+        coarsest = F.avg_pool2d(grid, 2, ceil_mode=True)
+        return EncoderFeatures(skips, coarsest, logits)
 
 
 def norm2d(c: int, kind: str = "batch") -> nn.Module:
@@ -363,6 +399,17 @@ def build_masking_model(config: MaskerConfig, black_box: Any | None = None) -> M
     return model
 
 
+def has_linear_classifier(black_box: Any) -> bool:
+    """The black box's classifier is one linear layer on its features (its rows can start the
+    class embedding); not so for, e.g., DeiT's two distillation heads."""
+    network = getattr(black_box, "network", None)
+    get_classifier = getattr(network, "get_classifier", None)
+    if not callable(get_classifier):
+        return False
+    head = get_classifier()
+    return isinstance(head, nn.Linear) and head.in_features == getattr(network, "num_features", -1)
+
+
 def init_embedding_from_classifier(model: MaskingModel, black_box: Any) -> None:
     """Copy the black box's classifier rows into the class embedding (needs a shared encoder)."""
     if black_box is None or model.config.encoder != "blackbox":
@@ -386,6 +433,7 @@ __all__ = [
     "MaskerOutput",
     "MaskingModel",
     "FeatureFilter",
+    "has_linear_classifier",
     "UpsamplerBlock",
     "MaskHead",
     "SmallEncoder",

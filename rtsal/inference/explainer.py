@@ -107,11 +107,13 @@ class Explainer:
     """A masking model (or any registered method) ready to explain images.
 
     ``resize="fit"`` keeps each image's aspect ratio (short side at the black box's input size);
-    ``"square"`` resizes to the black box's input size exactly. Networks and inputs are kept in
-    channels-last memory layout (same numbers, about twice as fast on CPUs);
-    ``precision="bfloat16"`` runs the masking model under bf16 autocast (faster still where the
-    CPU has bf16 units, at the cost of small differences in the masks). The masking model's
-    decoder runs with its BatchNorms folded into the convolutions (``fuse=False`` to keep them).
+    ``"square"`` resizes to the black box's input size exactly; ``"auto"`` (the default) is
+    ``"square"`` for a black box that takes one input size only (a ViT), else ``"fit"``.
+    Networks and inputs are kept in channels-last memory layout (same numbers, about twice as
+    fast on CPUs); ``precision="bfloat16"`` runs the masking model under bf16 autocast (faster
+    still where the CPU has bf16 units, at the cost of small differences in the masks). The
+    masking model's decoder runs with its BatchNorms folded into the convolutions
+    (``fuse=False`` to keep them).
 
     :meth:`explain_batch` and :meth:`iter_explanations` work through the (image, class) pairs
     ``chunk_size`` at a time (default ``DEFAULT_CHUNK_SIZE``: masks, the black box on image x mask
@@ -132,7 +134,7 @@ class Explainer:
         *,
         black_box: Any = None,
         device: str | torch.device = "auto",
-        resize: str = "fit",
+        resize: str = "auto",
         method: str = "masker",
         method_options: dict[str, Any] | None = None,
         precision: str = "float32",
@@ -159,9 +161,8 @@ class Explainer:
                 raise RtsalError("--backend onnxruntime runs on the CPU; drop --device")
             device = "cpu"
         self.device = resolve_device(device) if isinstance(device, str) else device
-        if resize not in ("fit", "square"):
-            raise RtsalError("--resize must be fit or square")
-        self.resize = resize
+        if resize not in ("auto", "fit", "square"):
+            raise RtsalError("--resize must be auto, fit or square")
         if precision not in ("float32", "bfloat16"):
             raise RtsalError("--precision must be float32 or bfloat16")
         self.precision = precision
@@ -198,6 +199,7 @@ class Explainer:
         self.black_box.to(memory_format=torch.channels_last)
         if self.model is not None:
             self.model.to(memory_format=torch.channels_last)
+        self.resize = _resize_mode(resize, self.black_box)
         self.resolver = ClassResolver.for_black_box(self.black_box)
         self.interp = pil_interpolation(self.black_box.interpolation)
 
@@ -695,6 +697,20 @@ def mask_at_size(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Masks (R, 1, h, w) -> (R, 1, H, W), bilinear and clamped to [0, 1]: how every mask is
     brought to its image's resolution."""
     return F.interpolate(mask.float(), size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _resize_mode(resize: str, black_box: Any) -> str:
+    """``auto`` made concrete; ``fit`` refused for a black box that takes one size only."""
+    fixed = getattr(black_box, "fixed_input_size", False)
+    if resize == "auto":
+        return "square" if fixed else "fit"
+    if resize == "fit" and fixed:
+        h, w = black_box.input_size
+        raise RtsalError(
+            f"black box {black_box.name!r} takes {h} x {w} images only: use --resize square "
+            "(or auto)"
+        )
+    return resize
 
 
 def _memory_limit(limit: int | str | None) -> int:

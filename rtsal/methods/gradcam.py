@@ -60,6 +60,72 @@ def _module_name(network: nn.Module, module: nn.Module) -> str:
     )
 
 
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(module).__name__
+
+
+def token_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) of the patch grid behind ``tokens`` patch tokens of an image of ``size`` (H, W):
+    the factorisation h * w = tokens closest to the image's aspect ratio; None if none is close."""
+    height, width = size
+    h = max(1, round((tokens * height / width) ** 0.5))
+    for cand in (h, h - 1, h + 1):
+        if cand >= 1 and tokens % cand == 0 and abs(tokens // cand * height / width - cand) < 1:
+            return cand, tokens // cand
+    return None
+
+
+def as_map(output: torch.Tensor, size: tuple[int, int], network: nn.Module) -> torch.Tensor:
+    """A layer's output as a (B, K, h, w) map: a transformer's tokens (B, N, D) drop their
+    prefix (class, distillation, register) tokens and are laid out on the patch grid, as
+    pytorch-grad-cam's ``reshape_transform`` does; a channels-last map (Swin) is permuted."""
+    if output.dim() == 3:
+        prefix = int(getattr(network, "num_prefix_tokens", 0) or 0)
+        grid = token_grid(output.shape[1] - prefix, size)
+        if grid is None:  # e.g. a prefix count the network does not declare: try one class token
+            prefix = 1
+            grid = token_grid(output.shape[1] - 1, size)
+        if grid is not None:
+            patches = output[:, output.shape[1] - grid[0] * grid[1] :]
+            return patches.transpose(1, 2).reshape(output.shape[0], -1, *grid)
+    if output.dim() == 4 and getattr(network, "output_fmt", "NCHW") == "NHWC":
+        return output.permute(0, 3, 1, 2)
+    return output
+
+
+def _token_target_layer(network: nn.Module, probe: torch.Tensor) -> str | None:
+    """For a transformer (tokens out of ``forward_features``): the last normalisation layer
+    whose patch tokens the top class's score depends on. With a class-token head that is the
+    last block's pre-attention norm (timm's ``blocks[-1].norm1``, the layer pytorch-grad-cam's
+    ViT tutorial picks); with average pooling, the final norm. Found with one backward pass."""
+    taken: list[tuple[str, torch.Tensor]] = []
+
+    def keep(name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 3 and output.requires_grad:
+                taken.append((name, output))
+
+        return hook
+
+    with gradients_enabled(), removing_hooks() as handles:
+        for name, module in network.named_modules():
+            if name and _is_norm(module):
+                handles.append(module.register_forward_hook(keep(name)))
+        logits = network(probe.detach().clone().requires_grad_(True))  # a graph to the input
+        if not taken or not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            return None
+        grads = torch.autograd.grad(
+            logits.max(dim=1).values.sum(), [t for _, t in taken], allow_unused=True
+        )
+    size = tuple(probe.shape[-2:])
+    for (name, output), grad in reversed(list(zip(taken, grads, strict=True))):
+        grid = as_map(output, size, network)
+        tokens_on_grid = grid.dim() == 4 and grid is not output
+        if grad is not None and tokens_on_grid and as_map(grad, size, network).abs().sum() > 0:
+            return name
+    return None
+
+
 def default_target_layer(network: nn.Module, probe: torch.Tensor) -> str:
     """Name of the module producing the network's last spatial feature map.
 
@@ -77,6 +143,9 @@ def default_target_layer(network: nn.Module, probe: torch.Tensor) -> str:
     most strongly activated units. Through a per-channel affine layer (BatchNorm) the weighted
     sum changes only by a constant per image; this is the "last convolution" pytorch-grad-cam's
     users pick for these networks.
+
+    For a transformer whose ``forward_features`` returns tokens (B, N, D) (ViT, DeiT), see
+    :func:`_token_target_layer`; its tokens are laid out on the patch grid (:func:`as_map`).
     """
     outputs: list[tuple[str, Any]] = []  # (module name, its output), in order of completion
     inputs_of: dict[str, Any] = {}
@@ -94,6 +163,10 @@ def default_target_layer(network: nn.Module, probe: torch.Tensor) -> str:
                 handles.append(module.register_forward_hook(recorder(name)))
         forward_features = getattr(network, "forward_features", None)
         result = forward_features(probe) if callable(forward_features) else network(probe)
+    if callable(forward_features) and isinstance(result, torch.Tensor) and result.dim() == 3:
+        name = _token_target_layer(network, probe)
+        if name is not None:
+            return name
     if callable(forward_features) and isinstance(result, torch.Tensor):
         for name, output in reversed(outputs):
             if output is result:
@@ -154,16 +227,18 @@ class GradCAMMethod:
     def explain(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         classes = check_inputs(images, classes)  # (B,)
         layer = self.network.get_submodule(self.resolve_target_layer(images))
+        size, net = tuple(images.shape[-2:]), self.network
         captured: list[torch.Tensor] = []
 
         def capture(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            is_map = isinstance(output, torch.Tensor) and as_map(output, size, net).dim() == 4
+            if not is_map:
                 raise RtsalError(
                     f"Grad-CAM target layer {self.target_layer!r} must output a feature map "
-                    f"(B, K, h, w), got {type(output).__name__} "
+                    f"(B, K, h, w) or patch tokens (B, N, D), got {type(output).__name__} "
                     f"{tuple(getattr(output, 'shape', ()))}"
                 )
-            activations = output.detach().requires_grad_(True)  # A: (B, K, h, w)
+            activations = output.detach().requires_grad_(True)  # A: (B, K, h, w) or tokens
             captured.append(activations)
             return activations
 
@@ -172,8 +247,10 @@ class GradCAMMethod:
             logits = self.black_box(images.detach().clone())  # (B, K)
             if not captured:
                 raise RtsalError(f"Grad-CAM target layer {self.target_layer!r} was never called")
-            activations = captured[-1]  # (B, K, h, w)
+            activations = captured[-1]  # (B, K, h, w) or tokens (B, N, D)
             (grads,) = torch.autograd.grad(class_scores(logits, classes).sum(), activations)
+        activations = as_map(activations, size, self.network)  # (B, K, h, w)
+        grads = as_map(grads, size, self.network)
         alpha = grads.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
         cam = F.relu((alpha * activations.detach()).sum(dim=1, keepdim=True))  # (B, 1, h, w)
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)

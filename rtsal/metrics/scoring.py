@@ -108,7 +108,7 @@ class ScoringOptions:
     method_options: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     blackbox: str | None = None
-    resize: str = "fit"
+    resize: str = "auto"
     device: str = "auto"
     steps: int = 50
     seed: int = 0

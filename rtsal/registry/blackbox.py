@@ -33,6 +33,8 @@ class BlackBox(nn.Module):
         crop_pct: centre-crop fraction of its evaluation preprocessing.
         shares_features: the network is a timm model with ``forward_intermediates`` and
             ``forward_head``; a masking model can then reuse it as its encoder.
+        fixed_input_size: the network takes ``input_size`` only (a ViT's position embeddings):
+            images are then resized to it exactly (``resize="square"``) unless asked otherwise.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class BlackBox(nn.Module):
         provider: str = "",
         pretrained: bool = True,
         source: str = "",
+        fixed_input_size: bool = False,
     ):
         super().__init__()
         if len(mean) != len(std):
@@ -68,6 +71,7 @@ class BlackBox(nn.Module):
         self.provider = provider
         self.pretrained = pretrained
         self.source = source
+        self.fixed_input_size = bool(fixed_input_size)
         self.train(False)
 
     @property

@@ -21,7 +21,9 @@ from rtsal import __version__
 from rtsal.errors import CheckpointError, RtsalError
 
 CLASSIFIER_FORMAT = "rtsal-classifier"
-ARCHS = ("resnet9", "resnet18")
+ARCHS = ("resnet9", "resnet18", "vit")
+# peak learning rate by architecture: SGD for the ResNets, AdamW for the transformer
+DEFAULT_LR = {"resnet9": 0.2, "resnet18": 0.2, "vit": 1e-3}
 
 
 def _conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
@@ -155,7 +157,40 @@ class ResNet18Small(_MultiScale, nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def build_classifier(arch: str, num_classes: int, in_channels: int, width: int) -> nn.Module:
+def small_vit(
+    num_classes: int, in_channels: int, width: int, image_size: tuple[int, int]
+) -> nn.Module:
+    """A small vision transformer (timm's ``VisionTransformer``): patches of the largest side
+    up to 1/8 of the image's that divides it (8 x 8 patches of a 64 x 64 canvas, 2 x 2 of a
+    28 x 28 Fashion-MNIST item), 6 blocks of width ``6 * width`` (192 for the default 32)
+    with 3 heads, a class token; it takes ``image_size`` images only."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    h, w = image_size
+    patch = max(p for p in range(1, max(1, min(h, w) // 8) + 1) if h % p == 0 and w % p == 0)
+    return VisionTransformer(
+        img_size=tuple(image_size),
+        patch_size=patch,
+        in_chans=in_channels,
+        num_classes=num_classes,
+        embed_dim=6 * width,
+        depth=6,
+        num_heads=3,
+        mlp_ratio=2.0,
+    )
+
+
+def build_classifier(
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    width: int,
+    image_size: tuple[int, int] | None = None,
+) -> nn.Module:
+    if arch == "vit":
+        if image_size is None:
+            raise RtsalError("a vit classifier needs its image size")
+        return small_vit(num_classes, in_channels, width, image_size)
     if arch == "resnet9":
         return ResNet9(num_classes, in_channels, width)
     if arch == "resnet18":
@@ -176,7 +211,7 @@ class ClassifierConfig:
     width: int = 32
     epochs: int = 10
     batch_size: int = 256
-    lr: float = 0.2  # peak of the one-cycle schedule (SGD, Nesterov)
+    lr: float | None = None  # peak of the one-cycle schedule; None: DEFAULT_LR of the arch
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     seed: int = 0
@@ -254,7 +289,7 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
         spec, split="test", data_root=cfg.data_root, channels=channels, resolver=resolver
     )
     size = tuple(train_ds.images.shape[-2:])
-    model = build_classifier(cfg.arch, len(class_names), channels, cfg.width).to(device)
+    model = build_classifier(cfg.arch, len(class_names), channels, cfg.width, size).to(device)
     model = model.to(memory_format=torch.channels_last)
     mean = train_ds.images.float().div(255).mean(dim=(0, 2, 3)).tolist()
     std = train_ds.images.float().div(255).std(dim=(0, 2, 3)).tolist()
@@ -269,18 +304,19 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        momentum=0.9,
-        nesterov=True,
-    )
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR.get(cfg.arch, 0.2)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.arch == "vit":  # transformers train with AdamW and a larger weight decay
+        groups[0]["weight_decay"] = 0.05
+        opt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt,
-        max_lr=cfg.lr,
+        max_lr=lr,
         total_steps=total,
         pct_start=0.25,
         anneal_strategy="linear",
@@ -298,7 +334,7 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
             )
             loss = F.cross_entropy(model(x), y.to(device), label_smoothing=cfg.label_smoothing)
             if not math.isfinite(loss.item()):
-                raise RtsalError(f"classifier training diverged at step {step} (lr {cfg.lr})")
+                raise RtsalError(f"classifier training diverged at step {step} (lr {lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -372,7 +408,11 @@ def load_classifier(path: str | Path):
     )
     try:
         net = build_classifier(
-            meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"]
+            meta["arch"],
+            meta["num_classes"],
+            meta["in_channels"],
+            meta["width"],
+            tuple(meta["input_size"]),
         )
         net.load_state_dict(sd)
     except (KeyError, RuntimeError, TypeError) as exc:
@@ -390,6 +430,7 @@ def load_classifier(path: str | Path):
         interpolation="bilinear",
         provider="checkpoint",
         source=str(where.resolve()),
+        fixed_input_size=meta["arch"] == "vit",
     )
 
 

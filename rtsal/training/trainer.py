@@ -36,7 +36,12 @@ from rtsal.engine.checkpoint import (
     save_masker,
 )
 from rtsal.engine.distributed import any_across, barrier, init_distributed, mean_across
-from rtsal.engine.model import MaskerConfig, MaskingModel, build_masking_model
+from rtsal.engine.model import (
+    MaskerConfig,
+    MaskingModel,
+    build_masking_model,
+    has_linear_classifier,
+)
 from rtsal.engine.objective import LossTerms, ObjectiveConfig, SaliencyObjective, objective_preset
 from rtsal.engine.training_state import (
     STATE_FORMAT,
@@ -79,7 +84,8 @@ def masker_config_for(cfg: TrainConfig, box: BlackBox) -> MaskerConfig:
         encoder = "blackbox" if box.shares_features else "small"
     embedding = cfg.embedding
     if embedding == "auto":
-        embedding = "classifier-init" if encoder == "blackbox" else "learned"
+        linear = encoder == "blackbox" and has_linear_classifier(box)
+        embedding = "classifier-init" if linear else "learned"
     stride = cfg.mask_stride or (4 if encoder != "small" else 2)
     return MaskerConfig(
         num_classes=box.num_classes,

@@ -128,6 +128,7 @@ def timm_black_box(
         provider=provider,
         pretrained=bool(weights) or pretrained,
         source=weights or ("timm hub" if pretrained else "random init"),
+        fixed_input_size=bool(net.pretrained_cfg.get("fixed_input_size", False)),
     )
     if synonyms is not None:
         box.class_synonyms = list(synonyms)
