@@ -91,7 +91,11 @@ def write_checkpoint(
 
 
 def read_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
-    p = Path(path).expanduser()
+    """A checkpoint's description and its directory; ``hf:ORG/NAME`` is fetched from the
+    Hugging Face Hub (or the local Hugging Face cache) first."""
+    from rtsal.engine.hub import local_checkpoint
+
+    p = local_checkpoint(path)
     meta_path = p / META_NAME if p.is_dir() else p
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from rtsal.data.images import _to_rgb, fit_size, load_image, pil_interpolation, pil_to_tensor
 from rtsal.engine.checkpoint import default_checkpoint
+from rtsal.engine.hub import local_checkpoint
 from rtsal.engine.model import TOP1
 from rtsal.errors import RtsalError
 from rtsal.inference import DEFAULT_BATCH_SIZE
@@ -174,8 +175,10 @@ class Explainer:
         self.memory_limit = _memory_limit(memory_limit)
         self.model = None
         self.onnx = None
+        self.checkpoint: Path | None = None  # the masking model's checkpoint directory
         if method == "masker":
-            path = checkpoint if checkpoint is not None else default_checkpoint()
+            path = local_checkpoint(checkpoint if checkpoint is not None else default_checkpoint())
+            self.checkpoint = path
             self.model, self.black_box, self.meta = load_masker(path, black_box, device=self.device)
             if fuse and backend == "pytorch":  # ONNX Runtime runs its own export
                 self.model = fold_batch_norms(self.model)
@@ -204,18 +207,59 @@ class Explainer:
         self.interp = pil_interpolation(self.black_box.interpolation)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Explainer:
-        """An explainer on the masking-model checkpoint in directory ``path``: what ``rtsal
-        train --out OUT`` writes (``OUT``, and ``OUT/best`` when it validates) and
-        :func:`rtsal.engine.checkpoint.save_masker` writes. ``kwargs`` are the constructor's
-        (``device``, ``resize``, ``precision``, ``black_box``, ...). A missing or unreadable
-        checkpoint raises :class:`~rtsal.errors.CheckpointError` naming the path."""
-        if not isinstance(path, (str, os.PathLike)):
+    def from_pretrained(cls, location: str | Path, **kwargs: Any) -> Explainer:
+        """An explainer on a masking-model checkpoint: a directory (what ``rtsal train --out
+        OUT`` writes: ``OUT``, and ``OUT/best`` when it validates; what :meth:`save_pretrained`
+        writes), or a Hugging Face Hub repository, ``"ORG/NAME"`` or ``"hf:ORG/NAME[@REV]"``
+        (downloaded once, then read from the local Hugging Face cache, also offline).
+        ``kwargs`` are the constructor's (``device``, ``resize``, ``precision``, ``black_box``,
+        ...). A missing or unreadable checkpoint raises :class:`~rtsal.errors.CheckpointError`
+        naming it."""
+        if not isinstance(location, (str, os.PathLike)):
             raise RtsalError(
-                "from_pretrained takes a checkpoint directory (a str or a Path); got "
-                f"{type(path).__name__} (Explainer() is the shipped model)"
+                "from_pretrained takes a checkpoint directory or a Hub id (a str or a Path); got "
+                f"{type(location).__name__} (Explainer() is the shipped model)"
             )
-        return cls(path, **kwargs)
+        if isinstance(location, str) and _looks_like_hub_repo(location):
+            location = "hf:" + location
+        return cls(location, **kwargs)
+
+    def save_pretrained(self, out: str | Path, *, repo_id: str | None = None) -> Path:
+        """Write this explainer's masking model to directory ``out``: the checkpoint's weights
+        as stored (safetensors), ``rtsal.json`` (the model, its black box's id, classes and
+        preprocessing) and a ``README.md`` model card for the Hugging Face Hub.
+        :meth:`from_pretrained` reads it back, giving identical masks."""
+        from rtsal.engine.hub import save_pretrained
+
+        return save_pretrained(self._checkpoint_dir("save_pretrained"), out, repo_id=repo_id)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Upload rtsal masking model",
+    ) -> str:
+        """Upload this explainer's masking model (as :meth:`save_pretrained` writes it) to
+        Hugging Face Hub repository ``repo_id`` ("ORG/NAME"), creating it if needed; returns the
+        commit URL. Needs a connection and a token (``token``, or ``huggingface-cli login``)."""
+        from rtsal.engine.hub import push_to_hub
+
+        return push_to_hub(
+            self._checkpoint_dir("push_to_hub"),
+            repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+        )
+
+    def _checkpoint_dir(self, what: str) -> Path:
+        if self.checkpoint is None:
+            raise RtsalError(
+                f"{what} saves masking models; this explainer runs method {self.method_name!r}"
+            )
+        return self.checkpoint
 
     # ---------------------------------------------------------------- preprocessing
     def model_size(self, im: Image.Image) -> tuple[int, int]:
@@ -697,6 +741,13 @@ def mask_at_size(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Masks (R, 1, h, w) -> (R, 1, H, W), bilinear and clamped to [0, 1]: how every mask is
     brought to its image's resolution."""
     return F.interpolate(mask.float(), size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def _looks_like_hub_repo(location: str) -> bool:
+    """``ORG/NAME`` that is not a path on this machine: a Hugging Face Hub repository."""
+    import re
+
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", location)) and not Path(location).exists()
 
 
 def _resize_mode(resize: str, black_box: Any) -> str:
