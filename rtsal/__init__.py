@@ -21,6 +21,7 @@ _LAZY = {  # public name -> the module that defines it
     "Explainer": "rtsal.inference.explainer",
     "RtsalError": "rtsal.errors",
     "create_black_box": "rtsal.registry.blackbox",
+    "explain_func": "rtsal.integrations.quantus",
     "is_black_box": "rtsal.registry.blackbox",
     "keep_freed_memory": "rtsal.allocator",
     "list_black_boxes": "rtsal.registry.blackbox",
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from rtsal.allocator import keep_freed_memory
     from rtsal.errors import RtsalError
     from rtsal.inference.explainer import Explainer
+    from rtsal.integrations.quantus import explain_func
     from rtsal.registry.blackbox import BlackBox, create_black_box, is_black_box, list_black_boxes
     from rtsal.registry.classes import ClassResolver
     from rtsal.registry.providers.timm_provider import timm_black_box
@@ -45,6 +47,7 @@ __all__ = [
     "Explainer",
     "RtsalError",
     "create_black_box",
+    "explain_func",
     "is_black_box",
     "keep_freed_memory",
     "list_black_boxes",

@@ -105,3 +105,24 @@ def test_library_use_with_plugin_black_box(tmp_path: Path, capsys) -> None:
     library_use = import_example("library_use")
     library_use.main(["--out", str(tmp_path / "m.png")])
     assert "(Egyptian cat)" in capsys.readouterr().out
+
+
+def test_quickstart_api(tmp_path: Path, capsys) -> None:
+    """The public-API walk-through: shipped model, Grad-CAM, attribute, save/load, Quantus."""
+    pytest.importorskip("skimage")
+    quickstart = import_example("quickstart_api")
+    results = quickstart.main(["--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert results["masker"].shape == (1, 1, 300, 451)  # chelsea at its own size
+    assert results["gradcam"].shape == (1, 1, 300, 451)
+    attributions = results["attribute"]
+    assert attributions.shape == (3, 1, 224, 224)
+    cat, coffee, astronaut = attributions.mean(dim=(1, 2, 3)).tolist()
+    assert cat > 0.1 and coffee < cat / 4 and astronaut < cat / 4  # the cat class is in one photo
+    assert results["round_trip_identical"] is True
+    assert "identical masks: True" in printed
+    for name in ("cat.masker.png", "cat.gradcam.png", "masker/model.safetensors"):
+        assert (tmp_path / name).is_file()
+    if "quantus" in results:
+        for scores in results["quantus"].values():
+            assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
