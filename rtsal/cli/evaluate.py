@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from rtsal.cli._console import err, progress_bar
+from rtsal.cli._options import PretrainedOption, WeightsOption
 
 CheckpointArg = Annotated[Path, typer.Argument(help="Masking-model checkpoint directory.")]
 DataOption = Annotated[
@@ -40,6 +41,8 @@ def evaluate(
     data: DataOption,
     data_root: DataRootOption = None,
     blackbox: BlackboxOption = None,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = True,
     split: SplitOption = "test",
     limit: LimitOption = None,
     batch_size: BatchSizeOption = 100,
@@ -53,12 +56,12 @@ def evaluate(
     from rtsal.data.folders import make_loader
     from rtsal.device import resolve_device
     from rtsal.engine.checkpoint import load_masker, prepare_out_dir
-    from rtsal.registry.blackbox import create_black_box
+    from rtsal.inference.blackbox_options import chosen_black_box
     from rtsal.tools.evaluate import evaluate_masker, training_removal
 
     out_dir = prepare_out_dir(out) if out else None
     dev = resolve_device(device)
-    box = create_black_box(blackbox) if blackbox else None
+    box = chosen_black_box(blackbox, checkpoint=checkpoint, weights=weights, pretrained=pretrained)
     model, box, meta = load_masker(checkpoint, box, device=dev)
     ds = _labelled_set(data, box, split=split, data_root=data_root, limit=limit, seed=seed)
     removal = training_removal(meta)

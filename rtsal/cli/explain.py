@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rtsal.cli._console import err, progress_bar
+from rtsal.cli._options import PretrainedOption, ShardOption, WeightsOption
 from rtsal.inference import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ def explain(
     topk: TopK = None,
     checkpoint: Checkpoint = None,
     blackbox: BlackBox = None,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = True,
     method: Method = "masker",
     method_option: MethodOptions = None,
     out: Out = None,
@@ -119,6 +122,7 @@ def explain(
     workers: Workers = None,
     precision: Precision = "float32",
     json_out: JsonOut = False,
+    shard: ShardOption = None,
 ) -> None:
     """Explain what the black box sees in each input; writes masks, overlays and the
     (image x mask, image x (1 - mask)) pair. Exit code 3 when some inputs could not be read."""
@@ -129,42 +133,74 @@ def explain(
     if topk is not None and topk < 1:
         raise typer.BadParameter("--topk must be at least 1")
     try:
-        video_input(inputs)
+        video = video_input(inputs)
     except RtsalError as exc:  # a usage error, as the --topk one
         raise typer.BadParameter(str(exc)) from None
-    with progress_bar() as progress:
-        run = explain_inputs(
-            inputs,
-            out=out,
-            classes=class_,
-            topk=topk,
-            black_box=blackbox,
-            save_npy=save_npy,
-            batch_size=batch_size,
-            video_size=size,
-            workers=workers,
-            progress=progress,
-            on_record=lambda rec: typer.echo(json.dumps(rec) if json_out else _record_line(rec)),
-            on_error=lambda msg: err.print(f"error: {msg}", highlight=False, markup=False),
-            checkpoint=checkpoint,
-            device=device,
-            resize=resize,
-            method=method,
-            method_options=parse_method_options(method_option),
-            precision=precision,
-            backend=backend,
-            chunk_size=chunk_size,
-        )
+    try:
+        with progress_bar() as progress:
+            run = explain_inputs(
+                inputs,
+                out=out,
+                classes=class_,
+                topk=topk,
+                black_box=blackbox,
+                weights=weights,
+                pretrained=pretrained,
+                shard=shard,
+                save_npy=save_npy,
+                batch_size=batch_size,
+                video_size=size,
+                workers=workers,
+                progress=progress,
+                on_record=lambda r: typer.echo(json.dumps(r) if json_out else _record_line(r)),
+                on_error=_error,
+                checkpoint=checkpoint,
+                device=device,
+                resize=resize,
+                method=method,
+                method_options=parse_method_options(method_option),
+                precision=precision,
+                backend=backend,
+                chunk_size=chunk_size,
+            )
+    except KeyboardInterrupt:
+        if out is not None and video is None:
+            err.print(
+                f"finished images are kept in {out}; the same command resumes",
+                highlight=False,
+                markup=False,
+            )
+        raise
     _report(run, json_out)
 
 
+def _error(message: str) -> None:
+    err.print(f"error: {message}", highlight=False, markup=False)
+
+
 def _report(run: ExplainRun, json_out: bool) -> None:
-    """The video written, or the contact sheet and how many inputs could not be read (exit 3)."""
+    """The video written, or what was resumed, the contact sheet (or how many images other
+    shards still have to explain) and how many inputs could not be read (exit 3)."""
     if run.video is not None:
         typer.echo(json.dumps(run.video) if json_out else _video_line(run.video))
         return
-    if run.out is not None and run.summary.explained:
-        err.print(f"wrote {run.out / 'index.html'}", highlight=False)
+    shard = f" (shard {run.shard})" if run.shard.sharded else ""
+    if run.skipped:
+        err.print(
+            f"{run.skipped} of {run.images} images already explained in {run.out}{shard}"
+            + ("; nothing to do" if run.skipped == run.images else ""),
+            highlight=False,
+            markup=False,
+        )
+    if run.index_written:
+        err.print(f"wrote {run.index}", highlight=False, markup=False)
+    elif run.out is not None and run.unfinished:
+        err.print(
+            f"{run.unfinished} images of other shards still to explain; index.html is written "
+            "when the last shard ends (or by rtsal merge)",
+            highlight=False,
+            markup=False,
+        )
     if run.not_read:
         err.print(
             f"{run.summary.explained} explained, {run.not_read} could not be read", highlight=False
@@ -191,4 +227,7 @@ def _video_line(result: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from rtsal.cli import merge
+
     app.command("explain")(explain)
+    merge.register(app)

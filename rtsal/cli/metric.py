@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from rtsal.cli._console import err, progress_bar
+from rtsal.cli._options import PretrainedOption, ShardOption, WeightsOption
 from rtsal.metrics.scoring import SampleSource, ScoringOptions
 
 _DEFAULT = ScoringOptions()  # every default of the scoring options lives in ScoringOptions
@@ -26,6 +27,8 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 
 def describe(s: dict[str, Any]) -> str:
+    if not s["images"]:  # a shard without samples
+        return f"{s['method']} on 0 images"
     lines = [f"{s['method']} on {s['images']} images ({1000 * s['seconds_per_image']:.0f} ms each)"]
     m = s["metrics"]
     if "localization" in m:
@@ -140,6 +143,8 @@ def metric(
     method_option: MethodOption = None,
     checkpoint: Checkpoint = None,
     blackbox: Blackbox = None,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = True,
     limit: Limit = None,
     resize: Resize = _DEFAULT.resize,
     steps: Steps = _DEFAULT.steps,
@@ -147,6 +152,7 @@ def metric(
     seed: Seed = _DEFAULT.seed,
     device: Device = _DEFAULT.device,
     json_out: JsonOut = False,
+    shard: ShardOption = None,
 ) -> None:
     """Score a method: the paper's saliency metric (default), localisation, pointing game,
     deletion/insertion AUC, and PR curve / max F_beta / MAE against pixel masks."""
@@ -158,6 +164,9 @@ def metric(
         method_options=parse_method_options(method_option),
         checkpoint=checkpoint,
         blackbox=blackbox,
+        weights=weights,
+        pretrained=pretrained,
+        shard=shard,
         resize=resize,
         device=device,
         steps=steps,
@@ -191,11 +200,14 @@ def localize(
     method_option: MethodOption = None,
     checkpoint: Checkpoint = None,
     blackbox: Blackbox = None,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = True,
     limit: Limit = None,
     resize: Resize = _DEFAULT.resize,
     out: Out = None,
     device: Device = _DEFAULT.device,
     json_out: JsonOut = False,
+    shard: ShardOption = None,
 ) -> None:
     """Weakly supervised localisation: the paper's error (mask > 0.5, tightest box, IoU > 0.5
     with a ground-truth box of the class) and MaxBoxAcc over thresholds."""
@@ -210,6 +222,9 @@ def localize(
         method_options=parse_method_options(method_option),
         checkpoint=checkpoint,
         blackbox=blackbox,
+        weights=weights,
+        pretrained=pretrained,
+        shard=shard,
         resize=resize,
         device=device,
         out=out,
@@ -226,6 +241,12 @@ def _run(source: SampleSource, options: ScoringOptions, json_out: bool) -> None:
         result = run_scoring(source, options, progress=progress)
     if result.written:
         err.print(f"wrote {', '.join(map(str, result.written))}", highlight=False)
+    if result.shard.sharded:
+        err.print(
+            f"shard {result.shard}: {result.summary['images']} of {result.samples} samples; "
+            "rtsal merge joins the shards' records into the run's summary",
+            highlight=False,
+        )
     typer.echo(json.dumps(result.summary) if json_out else describe(result.summary))
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from rtsal.cli._console import err, parse_ints, progress_bar
+from rtsal.cli._options import PretrainedOption, WeightsOption
 from rtsal.training.config import TrainConfig
 
 _DEFAULT = TrainConfig(blackbox="", data="")  # every default lives in TrainConfig
@@ -53,11 +54,6 @@ DataRootOption = Annotated[
         help="Local copy of a named data set (folder or .tar.gz); downloads when absent and online."
     ),
 ]
-WeightsOption = Annotated[
-    Path | None,
-    typer.Option(help="Black-box weights file (safetensors, or a .pt/.pth tensor file)."),
-]
-PretrainedOption = Annotated[bool, typer.Option(help="Use pretrained black-box weights.")]
 PresetOption = Annotated[str, typer.Option(help="Objective preset: paper or authors.")]
 EpochsOption = Annotated[float | None, typer.Option(help="Epochs to train.")]
 StepsOption = Annotated[int | None, typer.Option(help="Steps to train (overrides --epochs).")]

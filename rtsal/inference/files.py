@@ -1,14 +1,19 @@
 """Explaining files and folders: expand inputs, stream them in batches, write masks, overlays,
 the Figure-1 pair and a contact sheet; report unreadable files without stopping.
-:func:`explain_inputs` is ``rtsal explain`` as a function (photos, folders, globs or a video)."""
+:func:`explain_inputs` is ``rtsal explain`` as a function (photos, folders, globs or a video);
+into an output folder it resumes where an earlier run stopped and may do one shard of the images
+(:mod:`rtsal.inference.manifest`)."""
 
 from __future__ import annotations
 
 import glob
 import html
+import io
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +23,25 @@ import torch
 from PIL import Image
 
 from rtsal.data.images import IMAGE_EXTENSIONS, is_image_path, load_image, pil_to_tensor
+from rtsal.engine.checkpoint import atomic_write_bytes
+from rtsal.engine.journal import (
+    Journal,
+    Shard,
+    choose_shard,
+    process_device,
+    remove_temporaries,
+)
 from rtsal.errors import DataError, RtsalError
 from rtsal.inference import DEFAULT_BATCH_SIZE
 from rtsal.inference.explainer import Explainer, Explanation, batched_by_size, slug
+from rtsal.inference.manifest import (
+    Finished,
+    ManifestWriter,
+    manifest_header,
+    manifest_name,
+    read_finished,
+    run_options,
+)
 from rtsal.inference.pipeline import OrderedWrites, default_workers, read_ahead
 from rtsal.inference.visualize import overlay
 
@@ -31,6 +52,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 class InputItem:
     path: Path
     name: str  # unique output stem, from the path relative to the input it came from
+    position: int = -1  # its place among all the images listed (-1: its place in the call)
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[str]]:
@@ -66,11 +88,12 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[str]]:
         else:
             missing.append(f"{spec}: no such file or directory")
     names: dict[str, int] = {}
-    for it in items:  # make output stems unique
+    for position, it in enumerate(items):  # make output stems unique
         n = names.get(it.name, 0)
         names[it.name] = n + 1
         if n:
             it.name = f"{it.name}_{n}"
+        it.position = position
     return items, missing
 
 
@@ -106,20 +129,29 @@ def output_files(
 
 
 def _save_outputs(files: dict[str, str], im: Image.Image, e: Explanation) -> None:
+    """Each file written whole under a temporary name, on disk, then renamed into place: a kill
+    never leaves a partial image behind."""
     x = pil_to_tensor(im)  # (3, H, W)
     mask = e.mask  # (H, W), read once
     m = mask[None]  # (1, H, W)
     mask_img = Image.fromarray((mask.numpy() * 255 + 0.5).astype(np.uint8), mode="L")
-    mask_img.save(files["mask"])
-    overlay(x, m).save(files["overlay"], quality=90)
+    _save(mask_img, files["mask"])
+    _save(overlay(x, m), files["overlay"], quality=90)
     pair = torch.cat(
         [x * m, torch.ones(3, x.shape[1], max(4, x.shape[2] // 50)), x * (1 - m)], dim=2
     )
-    Image.fromarray((pair.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)).save(
-        files["pair"], quality=90
-    )
+    pair_img = Image.fromarray((pair.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+    _save(pair_img, files["pair"], quality=90)
     if "npy" in files:
-        np.save(files["npy"], mask.numpy().astype(np.float32))
+        buf = io.BytesIO()
+        np.save(buf, mask.numpy().astype(np.float32))
+        atomic_write_bytes(Path(files["npy"]), buf.getvalue())
+
+
+def _save(im: Image.Image, path: str, **options: Any) -> None:
+    buf = io.BytesIO()
+    im.save(buf, format=Image.registered_extensions()[Path(path).suffix.lower()], **options)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def record_for(
@@ -165,53 +197,77 @@ def explain_files(
     on_error: Callable[[str], None] | None = None,
     on_image: Callable[[], None] | None = None,
     workers: int | None = None,
+    manifest: ManifestWriter | None = None,
 ) -> ExplainSummary:
     """Explain every readable image; unreadable ones are counted in ``summary.failed``.
+
+    The images go through the model in batches of at most ``batch_size`` that never cross a
+    multiple of ``batch_size`` in the images' positions (:attr:`InputItem.position`), nor a
+    change of model resolution: the same image is explained with the same others whether the
+    run is whole, resumed or split into shards, so the numbers are the same to the last bit.
+    With a ``manifest``, each such batch is written to it once its output files are written.
 
     Reading runs a batch ahead in a background thread and ``workers`` threads write the output
     images, so decoding and encoding overlap the model's work; records come out in input order.
     ``workers=0`` reads, explains and writes in turn, in this thread. The default overlaps only
     when the model runs on an accelerator (:func:`rtsal.inference.pipeline.default_workers`).
+    Without a manifest, the contact sheet is written to ``out`` at the end.
     """
     if workers is None:
         workers = default_workers(explainer.device.type)
+    check_batch_size(batch_size)
     summary = ExplainSummary()
     report = on_error or (lambda msg: None)
-
-    def readable() -> Iterator[tuple[tuple[InputItem, torch.Tensor], Image.Image]]:
-        for it, im, x, error in read_ahead(_read_all(items, explainer), workers, 2 * batch_size):
-            if error is not None:
-                summary.failed.append(error)
-                report(error)
-                continue
-            yield (it, x), im  # the key carries the image at model resolution
-
     check_run_memory(explainer, len(items), classes, topk, batch_size)
     shared = shared_slugs(explainer.black_box.class_names)
+    blocks = {
+        id(it): (it.position if it.position >= 0 else i) // batch_size for i, it in enumerate(items)
+    }
+    stream = read_ahead(_read_all(items, explainer), workers, 2 * batch_size)
     with OrderedWrites(workers, bound=2 * batch_size) as writes:
-        for batch in batched_by_size(readable(), explainer, batch_size):
-            images = [im for _, im in batch]
-            prepared = [x for (_, x), _ in batch]
-            done = 0  # images of the batch whose explanations have all come
-            # one explanation at a time, written and let go: memory does not grow with topk
-            for i, e in explainer.iter_explanations(images, classes, topk, prepared=prepared):
-                for _ in range(done, i):
+        for block, group in itertools.groupby(stream, key=lambda t: blocks[id(t[0])]):
+            entries: dict[int, dict[str, Any]] = {}  # the manifest's lines for these images
+            readable = []
+            for it, im, x, error in group:
+                if error is not None:
+                    summary.failed.append(error)
+                    report(error)
+                    entries[id(it)] = {"index": it.position, "name": it.name, "error": error}
+                else:
+                    entries[id(it)] = {"index": it.position, "name": it.name, "records": []}
+                    readable.append(((it, x), im))  # the key carries the image at model size
+            save = manifest.tracked if manifest else (lambda block, fn: fn)
+            for batch in batched_by_size(readable, explainer, batch_size):
+                images = [im for _, im in batch]
+                prepared = [x for (_, x), _ in batch]
+                done = 0  # images of the batch whose explanations have all come
+                # one explanation at a time, written and let go: memory does not grow with topk
+                for i, e in explainer.iter_explanations(images, classes, topk, prepared=prepared):
+                    for _ in range(done, i):
+                        _image_done(summary, on_image)
+                    done = i
+                    (it, _), im = batch[i]
+                    files: dict[str, str] = {}
+                    if out:
+                        files = output_files(out, it.name, e, save_npy, shared)
+                        writes.submit(save(block, _save_outputs), files, im, e)
+                    rec = record_for(it.path, im, e, files)
+                    summary.records.append({k: v for k, v in rec.items()})
+                    entries[id(it)]["records"].append(rec)
+                    if on_record:
+                        on_record(rec)
+                for _ in range(done, len(batch)):
                     _image_done(summary, on_image)
-                done = i
-                (it, _), im = batch[i]
-                files: dict[str, str] = {}
-                if out:
-                    files = output_files(out, it.name, e, save_npy, shared)
-                    writes.submit(_save_outputs, files, im, e)
-                rec = record_for(it.path, im, e, files)
-                summary.records.append({k: v for k, v in rec.items()})
-                if on_record:
-                    on_record(rec)
-            for _ in range(done, len(batch)):
-                _image_done(summary, on_image)
-    if out is not None and summary.records:
+            if manifest:
+                manifest.batch_done(block, list(entries.values()))
+    if manifest is None and out is not None and summary.records:
         write_contact_sheet(out, summary)
     return summary
+
+
+def check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RtsalError(f"--batch-size must be a whole number of at least 1; got {batch_size}")
 
 
 def _image_done(summary: ExplainSummary, on_image: Callable[[], None] | None) -> None:
@@ -240,7 +296,14 @@ def check_run_memory(
 
 
 def write_contact_sheet(out: Path, summary: ExplainSummary) -> Path:
-    """``index.html``: one row per image and class with its overlay, mask and pair."""
+    """``index.html``: one row per image and class with its overlay, mask and pair; and
+    ``explanations.jsonl``, one record per line."""
+    _write_view(out, summary)
+    return out / "index.html"
+
+
+def _write_view(out: Path, summary: ExplainSummary) -> bool:
+    """:func:`write_contact_sheet`; whether a file changed."""
     rows = []
     for r in summary.records:
         f = {k: Path(v).name for k, v in r["files"].items()}
@@ -267,10 +330,32 @@ def write_contact_sheet(out: Path, summary: ExplainSummary) -> Path:
         + "</table>"
         + (f"<h2>Not explained</h2><ul>{failed}</ul>" if failed else "")
     )
-    path = out / "index.html"
-    path.write_text(page)
-    (out / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in summary.records))
-    return path
+    lines = "".join(json.dumps(r) + "\n" for r in summary.records)
+    changed = _write_if_changed(out / "explanations.jsonl", lines.encode("utf-8"))
+    return _write_if_changed(out / "index.html", page.encode("utf-8")) or changed
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Atomically (never a torn last line), and not at all when ``path`` already holds
+    ``data``: a finished folder is left as it is. Whether it was written."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write_bytes(path, data)
+    return True
+
+
+VIEW_FILES = ("explanations.jsonl", "index.html")
+
+
+def write_finished(out: Path, finished: Finished) -> bool:
+    """``explanations.jsonl`` and ``index.html`` of every image the manifests of ``out`` (or
+    the union ``finished``) hold, in the images' order, as one run writes them; whether they
+    changed (a finished folder's are not written again)."""
+    summary = ExplainSummary(len(finished.done), finished.errors(), finished.records(out))
+    return _write_view(out, summary)
 
 
 def check_inputs_exist(items: Sequence[InputItem], missing: Sequence[str]) -> None:
@@ -288,9 +373,15 @@ class ExplainRun:
     """What :func:`explain_inputs` did: one video written, or the images explained."""
 
     video: dict[str, Any] | None = None  # input, output, frames, seconds, fps, model_fps, ...
-    summary: ExplainSummary = field(default_factory=ExplainSummary)
+    summary: ExplainSummary = field(default_factory=ExplainSummary)  # what this run explained
     missing: list[str] = field(default_factory=list)  # inputs that named no file
     out: Path | None = None  # the images' output folder
+    shard: Shard = field(default_factory=Shard)
+    images: int = 0  # the images of this shard (of all inputs when not sharded)
+    skipped: int = 0  # of those, finished in ``out`` before this run
+    index: Path | None = None  # index.html, once every image (every shard's) is done
+    index_written: bool = False  # by this run (not when it was already as it should be)
+    unfinished: int = 0  # images (of other shards) that ``out`` still waits for
 
     @property
     def not_read(self) -> int:
@@ -313,6 +404,9 @@ def explain_inputs(
     classes: Sequence[str] | None = None,
     topk: int | None = None,
     black_box: str | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = True,
+    shard: str | Shard | None = None,
     save_npy: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     video_size: int | None = None,
@@ -326,43 +420,159 @@ def explain_inputs(
     ``rtsal explain`` does.
 
     ``explainer_options`` are :class:`Explainer`'s keywords; ``black_box`` is a black box's name
-    and ``classes`` are class names, indices or synsets (default: each image's top-1, or its
-    ``topk`` most probable classes). A video is written to ``out`` (default: beside it, as
-    ``.rtsal.mp4``) at ``video_size`` (short side); images to the folder ``out``, if given.
-    Inputs that name no file and unreadable images go to ``on_error`` and are counted in
-    :attr:`ExplainRun.not_read`; ``progress`` is a Rich progress bar.
+    (default: the checkpoint's), built with ``weights`` (a file) or, with ``pretrained=False``,
+    random weights; ``classes`` are class names, indices or synsets (default: each image's
+    top-1, or its ``topk`` most probable classes). A video is written to ``out`` (default:
+    beside it, as ``.rtsal.mp4``) at ``video_size`` (short side); images to the folder ``out``,
+    if given. Inputs that name no file and unreadable images go to ``on_error`` and are counted
+    in :attr:`ExplainRun.not_read`; ``progress`` is a Rich progress bar.
+
+    Into a folder ``out``, the run resumes: images an earlier run with the same options
+    finished there (its manifest, :mod:`rtsal.inference.manifest`) are skipped, and a folder
+    started with other options is refused. ``shard`` ("I/N", default: RANK/WORLD_SIZE under
+    torchrun) explains only the I-th of every N batches of ``batch_size`` images; the contact
+    sheet and ``explanations.jsonl`` are written once every image of every shard is done.
     """
     from rtsal.engine.checkpoint import prepare_out_dir
-    from rtsal.registry.blackbox import create_black_box
 
     video = video_input(inputs)
-    box = create_black_box(black_box) if black_box else None
-    explainer = Explainer(black_box=box, **explainer_options)
-    wanted = explainer.resolver.resolve_many(classes) if classes else None
+    the_shard = choose_shard(shard)
+    check_batch_size(batch_size)
     if video is not None:
+        if the_shard.sharded:
+            raise RtsalError(f"a video is explained by one process; not as shard {the_shard}")
+        explainer = _explainer(black_box, weights, pretrained, explainer_options)
+        wanted = explainer.resolver.resolve_many(classes) if classes else None
         return _explain_one_video(explainer, video, out, wanted, video_size, workers, progress)
     items, missing = expand_inputs(inputs)
+    mine = [it for it in items if the_shard.owns(it.position, batch_size)]
+    header = None
+    done: set[int] = set()
+    if out is not None and items:  # resume: what the folder already holds, from these options
+        options = run_options(
+            inputs,
+            classes=classes,
+            topk=topk,
+            black_box=black_box,
+            weights=weights,
+            pretrained=pretrained,
+            save_npy=save_npy,
+            explainer_options=explainer_options,
+        )
+        header = manifest_header(options, [it.name for it in items], the_shard, batch_size)
+        done = set(read_finished([Path(out).expanduser()], header, refuse=_refusal(out)).done)
+    todo = [it for it in mine if it.position not in done]
+    run = ExplainRun(missing=missing, shard=the_shard, images=len(mine))
+    run.skipped = len(mine) - len(todo)
+    if items and not todo:  # nothing left for this process: no model needed
+        _report_missing(missing, on_error)
+        if progress:
+            progress.add_task(_task(the_shard), total=len(mine), completed=len(mine))
+        if out is not None:
+            run.out = prepare_out_dir(out)
+            _finish(run, header)
+        return run
+    explainer = _explainer(black_box, weights, pretrained, explainer_options)
+    wanted = explainer.resolver.resolve_many(classes) if classes else None
     check_inputs_exist(items, missing)  # nothing to explain: an error
+    _report_missing(missing, on_error)
+    check_run_memory(explainer, len(todo), wanted, topk, batch_size)  # before any output
+    run.out = prepare_out_dir(out) if out else None
+    task = (
+        progress.add_task(_task(the_shard), total=len(mine), completed=run.skipped)
+        if progress
+        else None
+    )
+    with _manifest_writer(run.out, header, the_shard, todo) as manifest:
+        run.summary = explain_files(
+            explainer,
+            todo,
+            out=run.out,
+            classes=wanted,
+            topk=topk,
+            batch_size=batch_size,
+            save_npy=save_npy,
+            workers=workers,
+            on_record=on_record,
+            on_error=on_error,
+            on_image=(lambda: progress.update(task, advance=1)) if progress else None,
+            manifest=manifest,
+        )
+    if run.out is not None:
+        _finish(run, header)
+    return run
+
+
+def _explainer(
+    black_box: str | None,
+    weights: str | Path | None,
+    pretrained: bool,
+    explainer_options: dict[str, Any],
+) -> Explainer:
+    from rtsal.inference.blackbox_options import chosen_black_box
+
+    box = chosen_black_box(
+        black_box,
+        checkpoint=explainer_options.get("checkpoint"),
+        weights=weights,
+        pretrained=pretrained,
+    )
+    device = process_device(explainer_options.get("device", "auto"))  # a GPU each, torchrun
+    return Explainer(black_box=box, **{**explainer_options, "device": device})
+
+
+def _task(shard: Shard) -> str:
+    return f"explain (shard {shard})" if shard.sharded else "explain"
+
+
+def _report_missing(missing: Sequence[str], on_error: Callable[[str], None] | None) -> None:
     if on_error:
         for m in missing:
             on_error(m)
-    check_run_memory(explainer, len(items), wanted, topk, batch_size)  # before any output
-    out_dir = prepare_out_dir(out) if out else None
-    task = progress.add_task("explain", total=len(items)) if progress else None
-    summary = explain_files(
-        explainer,
-        items,
-        out=out_dir,
-        classes=wanted,
-        topk=topk,
-        batch_size=batch_size,
-        save_npy=save_npy,
-        workers=workers,
-        on_record=on_record,
-        on_error=on_error,
-        on_image=(lambda: progress.update(task, advance=1)) if progress else None,
-    )
-    return ExplainRun(summary=summary, missing=missing, out=out_dir)
+
+
+def _refusal(out: Path) -> Callable[[Path, Path | None, tuple[str, str, str]], str]:
+    def message(manifest: Path, first: Path | None, how: tuple[str, str, str]) -> str:
+        what, then, now = how
+        if what == "images listed":
+            return (
+                f"{out} holds a run of other inputs ({then} images then, {now} now); "
+                "give another --out"
+            )
+        return (
+            f"{out} holds a run started with other options ({what} {then}, now {now}); "
+            "give the options it was started with, or another --out"
+        )
+
+    return message
+
+
+@contextmanager
+def _manifest_writer(
+    out: Path | None, header: dict[str, Any] | None, shard: Shard, todo: Sequence[InputItem]
+) -> Iterator[ManifestWriter | None]:
+    """This process's manifest in ``out`` (None without an output folder). Temporaries a
+    killed writer left for this process's images are removed first; other shards' are not."""
+    if out is None or header is None:
+        yield None
+        return
+    stems = {it.name for it in todo}
+    remove_temporaries(out, lambda name: name.rsplit(".", 3)[0] in stems)
+    with Journal.open(out / manifest_name(shard), header) as journal:
+        yield ManifestWriter(journal)
+
+
+def _finish(run: ExplainRun, header: dict[str, Any] | None) -> None:
+    """The contact sheet and ``explanations.jsonl`` of everything ``run.out`` holds, once no
+    image is left (any shard's); until then, how many are."""
+    assert run.out is not None and header is not None
+    finished = read_finished([run.out], header, refuse=_refusal(run.out))
+    run.unfinished = len(finished.unfinished())
+    if finished.complete:
+        if not run.shard.sharded:  # no other process may be writing them
+            remove_temporaries(run.out, lambda name: name in VIEW_FILES)
+        run.index_written = write_finished(run.out, finished)
+        run.index = run.out / "index.html"
 
 
 def _explain_one_video(

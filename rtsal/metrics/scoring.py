@@ -26,6 +26,14 @@ Seconds per image count the explanation alone (the mask for one image and class)
 
 :func:`run_scoring` is the whole of ``rtsal metric``: it builds the explainer, reads the samples
 (:class:`SampleSource`), scores them (:func:`score_method`) and writes the outputs.
+
+The summary is made from per-sample records alone (:func:`summarize`): each holds the row of the
+CSV and what the set-level metrics need of the sample (MaxBoxAcc's hits at every threshold, the
+precision and recall curves, the seconds). ``OUT/<method>-<stem>.jsonl`` keeps them, so the
+samples may be scored in shards (``--shard I/N``: every N-th sample, from the I-th) and the
+shards' records make the summary and files of one run (:func:`collect_scores`,
+:meth:`MergedScores.write`), to the last bit (the absent classes of the saliency metric are
+drawn for the whole list, whichever shard scores a sample).
 """
 
 from __future__ import annotations
@@ -37,6 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rtsal.engine.journal import (
+    Shard,
+    atomic_lines,
+    choose_shard,
+    fingerprint,
+    first_difference,
+    process_device,
+)
 from rtsal.errors import DataError, RtsalError
 
 if TYPE_CHECKING:  # torch and numpy are imported when something is scored, not by the CLI
@@ -58,6 +74,7 @@ class Sample:
     label: int
     boxes: list[Box] = field(default_factory=list)
     pixel_mask: Path | None = None
+    absent: int | None = None  # the absent class of the saliency metric's area (drawn once)
 
 
 def parse_metrics(spec: str | Sequence[str]) -> list[str]:
@@ -99,9 +116,13 @@ class ScoringOptions:
 
     ``metrics`` may be given as ``"saliency,pointing"`` or ``"all"`` (see :func:`parse_metrics`);
     ``method_options`` are the method's keyword arguments; ``steps`` those of the
-    deletion/insertion curves; ``seed`` draws the absent classes. With ``out``, the per-image
-    rows and the summary go to ``OUT/<method>-<stem>.csv`` and ``.json`` (and the pixel metrics'
-    PR curve to ``OUT/<method>-pr.png`` unless ``pr_png`` names a file)."""
+    deletion/insertion curves; ``seed`` draws the absent classes; ``weights`` and
+    ``pretrained`` build the black box (:func:`rtsal.inference.blackbox_options.chosen_black_box`).
+    With ``out``, the per-image rows and the summary go to ``OUT/<method>-<stem>.csv`` and
+    ``.json``, the per-sample records to ``.jsonl`` (and the pixel metrics' PR curve to
+    ``OUT/<method>-pr.png`` unless ``pr_png`` names a file). ``shard`` ("I/N"; default:
+    RANK/WORLD_SIZE under torchrun) scores only the I-th of every N samples and writes only its
+    records, to ``OUT/<method>-<stem>.shard-I-of-N.jsonl``, for ``rtsal merge``."""
 
     metrics: tuple[str, ...] = ("saliency",)
     method: str = "masker"
@@ -115,6 +136,9 @@ class ScoringOptions:
     out: Path | None = None
     pr_png: Path | None = None
     stem: str = "metric"
+    weights: Path | None = None
+    pretrained: bool = True
+    shard: str | Shard | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(parse_metrics(self.metrics)))
@@ -122,11 +146,14 @@ class ScoringOptions:
 
 @dataclass
 class ScoringResult:
-    """What :func:`run_scoring` found: the summary, the per-image rows and the files written."""
+    """What :func:`run_scoring` found: the summary, the per-image rows and the files written
+    (for a shard: the summary of its own samples, and its records)."""
 
     summary: dict[str, Any]
     rows: list[dict[str, Any]]
     written: list[Path] = field(default_factory=list)
+    shard: Shard = field(default_factory=Shard)
+    samples: int = 0  # in the whole list, every shard's
 
 
 # --------------------------------------------------------------------------- samples
@@ -279,10 +306,18 @@ def run_scoring(
         raise RtsalError(f"{'/'.join(sorted(NEEDS_BOXES & metrics))} needs --boxes")
     if options.pr_png is not None and "pixel" not in metrics:
         raise RtsalError("--pr-png draws the pixel metrics' PR curve: add pixel to --metrics")
+    shard = choose_shard(options.shard)
+    if shard.sharded and options.out is None:
+        raise RtsalError(
+            f"shard {shard} needs --out: its per-image records are merged from there (rtsal merge)"
+        )
+    if shard.sharded and options.pr_png is not None:
+        raise RtsalError("a shard draws no PR curve: rtsal merge draws the whole run's")
     out_dir = prepare_out_dir(options.out) if options.out else None
     explainer = _explainer(options)
     samples = load_samples(source, explainer.resolver)
     rows: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     summary = score_method(
         explainer,
         samples,
@@ -292,53 +327,209 @@ def run_scoring(
         seed=options.seed,
         progress=progress,
         on_row=rows.append,
+        on_record=records.append,
+        shard=shard,
     )
-    written = _write_outputs(out_dir, options, summary, rows)
-    return ScoringResult(summary, rows, written)
+    written: list[Path] = []
+    if out_dir is not None:
+        header = scores_header(source, options, samples, shard)
+        written = write_scores(out_dir, header, records, summary, pr_png=options.pr_png)
+    elif options.pr_png is not None:
+        written = [_pr_png(options.pr_png, options.method, summary)]
+    return ScoringResult(summary, rows, written, shard, len(samples))
 
 
 def _explainer(options: ScoringOptions) -> Any:
+    from rtsal.inference.blackbox_options import chosen_black_box
     from rtsal.inference.explainer import Explainer
-    from rtsal.registry.blackbox import create_black_box
 
-    box = create_black_box(options.blackbox) if options.blackbox else None
+    box = chosen_black_box(
+        options.blackbox,
+        checkpoint=options.checkpoint,
+        weights=options.weights,
+        pretrained=options.pretrained,
+    )
     return Explainer(
         options.checkpoint,
         black_box=box,
-        device=options.device,
+        device=process_device(options.device),  # under torchrun, a GPU each
         resize=options.resize,
         method="max-box" if options.method == GT_BOX else options.method,  # gt-box: any mask
         method_options=dict(options.method_options),
     )
 
 
-def _write_outputs(
-    out_dir: Path | None,
-    options: ScoringOptions,
-    summary: dict[str, Any],
-    rows: list[dict[str, Any]],
+# --------------------------------------------------------------------------- records and shards
+
+SCORES = "scores"  # the header's "rtsal" of a records file
+SCORES_VERSION = 1
+CSV_LEFT_OUT = ("sample", "state")  # what a record holds beyond its CSV row
+
+
+def scores_header(
+    source: SampleSource, options: ScoringOptions, samples: Sequence[Sample], shard: Shard
+) -> dict[str, Any]:
+    """What a records file is of: the options that decide the numbers, as given, and the
+    samples (their number and a digest of their images and classes)."""
+
+    def given(p: Path | None) -> str | None:
+        return None if p is None else str(p)
+
+    root = Path(source.data) if source.data is not None else None
+
+    def key(s: Sample) -> str:
+        path = s.path
+        if root is not None and root.is_dir() and path.is_relative_to(root):
+            path = path.relative_to(root)
+        return f"{path.as_posix()}\t{s.label}"
+
+    opts = {
+        "metrics": list(options.metrics),
+        "method": options.method,
+        "method_options": {k: options.method_options[k] for k in sorted(options.method_options)},
+        "checkpoint": given(options.checkpoint),
+        "blackbox": options.blackbox,
+        "weights": given(options.weights),
+        "pretrained": options.pretrained,
+        "resize": options.resize,
+        "steps": options.steps,
+        "seed": options.seed,
+        "data": given(source.data),
+        "files": given(source.files),
+        "boxes": given(source.boxes),
+        "class_map": given(source.class_map),
+        "pixel_masks": given(source.pixel_masks),
+        "limit": source.limit,
+    }
+    return {
+        "rtsal": SCORES,
+        "version": SCORES_VERSION,
+        "command": options.stem,
+        "options": opts,
+        "samples": len(samples),
+        "inputs": fingerprint(key(s) for s in samples),
+        "shard": str(shard),
+    }
+
+
+def records_name(header: Mapping[str, Any]) -> str:
+    shard = choose_shard(header["shard"])
+    return f"{header['options']['method']}-{header['command']}{shard.suffix}.jsonl"
+
+
+def write_scores(
+    out_dir: Path,
+    header: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    *,
+    pr_png: Path | None = None,
 ) -> list[Path]:
+    """A shard's records; or a whole run's records, CSV rows, summary JSON and PR curve."""
     import csv
     import json
 
-    method, written, pr_png = options.method, [], options.pr_png
-    if out_dir is not None:
-        path = out_dir / f"{method}-{options.stem}.csv"
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-        written += [path, path.with_suffix(".json")]
-        if "pixel" in options.metrics and pr_png is None:
-            pr_png = out_dir / f"{method}-pr.png"
-    if pr_png is not None:
-        from rtsal.metrics.pixel import plot_pr_curves
+    from rtsal.engine.journal import remove_temporaries
 
-        curves = {method: pixel_metrics_of(summary)}
-        written.append(plot_pr_curves(curves, pr_png, title=f"{method}: PR curve"))
+    path = out_dir / records_name(header)
+    remove_temporaries(out_dir, lambda name: name == path.name)  # a killed run's
+    with atomic_lines(path) as f:
+        f.write(json.dumps(header) + "\n")
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    if choose_shard(header["shard"]).sharded:
+        return [path]
+    method, stem = header["options"]["method"], header["command"]
+    csv_path = out_dir / f"{method}-{stem}.csv"
+    rows = [{k: v for k, v in r.items() if k not in CSV_LEFT_OUT} for r in records]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    csv_path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    written = [csv_path, csv_path.with_suffix(".json"), path]
+    if "pixel" in header["options"]["metrics"]:
+        written.append(_pr_png(pr_png or out_dir / f"{method}-pr.png", method, summary))
     return written
+
+
+def _pr_png(path: Path, method: str, summary: Mapping[str, Any]) -> Path:
+    from rtsal.metrics.pixel import plot_pr_curves
+
+    curves = {method: pixel_metrics_of(summary)}
+    return plot_pr_curves(curves, path, title=f"{method}: PR curve")
+
+
+@dataclass
+class MergedScores:
+    """One method and command's records from several files, checked to make one whole run
+    (:func:`collect_scores`); :meth:`write` makes its files."""
+
+    command: str
+    method: str
+    header: dict[str, Any]  # the whole run's
+    records: list[dict[str, Any]]  # one per sample, in order
+    parts: int  # files merged
+    summary: dict[str, Any] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return len(self.records)
+
+    def write(self, out: Path) -> None:
+        self.summary = summarize(self.records, self.header["options"]["metrics"], self.method)
+        self.written = write_scores(out, self.header, self.records, self.summary)
+
+
+def collect_scores(folders: Sequence[Path]) -> list[MergedScores]:
+    """The records files (``<method>-<stem>[.shard-I-of-N].jsonl``) in ``folders``, one
+    :class:`MergedScores` for each method and command. Files of the same method and command must
+    be of the same run, and every sample must be in one of them (:class:`RtsalError` otherwise,
+    before anything is written)."""
+    import json
+
+    from rtsal.engine.journal import read_journal
+
+    groups: dict[tuple[str, str], list[tuple[Path, dict[str, Any], list[Any]]]] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.jsonl")):
+            header, records = read_journal(path)
+            if header is None or header.get("rtsal") != SCORES:
+                continue
+            key = (header["command"], header["options"]["method"])
+            groups.setdefault(key, []).append((path, header, records))
+    merged = []
+    for (command, method), parts in groups.items():
+        first_path, first, _ = parts[0]
+        by_sample: dict[int, dict[str, Any]] = {}
+        for path, header, records in parts:
+            diff = first_difference(
+                {**first["options"], "samples": first["samples"], "inputs": first["inputs"]},
+                {**header["options"], "samples": header["samples"], "inputs": header["inputs"]},
+            )
+            if diff is not None:
+                what, a, b = diff
+                raise RtsalError(
+                    f"{path} is not of the run of {first_path} ({what}: {json.dumps(b)} "
+                    f"against {json.dumps(a)})"
+                )
+            for r in records:
+                by_sample.setdefault(int(r["sample"]), r)
+        n = int(first["samples"])
+        missing = [k for k in range(n) if k not in by_sample]
+        if missing:
+            counts = sorted({choose_shard(h["shard"]).count for _, h, _ in parts} - {1})
+            owner = f" (shard {missing[0] % counts[0]}/{counts[0]})" if counts else ""
+            raise RtsalError(
+                f"{method} {command}: {len(missing)} of {n} samples are in none of the files, "
+                f"e.g. sample {missing[0]}{owner}; run the missing shards first"
+            )
+        header = {**first, "shard": str(Shard())}
+        records = [by_sample[k] for k in range(n)]
+        merged.append(MergedScores(command, method, header, records, len(parts)))
+    return merged
 
 
 # --------------------------------------------------------------------------- scoring
@@ -354,9 +545,13 @@ def score_method(
     seed: int = 0,
     progress: Any = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
-    """Score one method on ``samples`` with ``metrics``; per-image rows go to ``on_row`` and the
-    summary (means over images; maxima of mean curves) is returned."""
+    """Score one method on ``samples`` with ``metrics``; per-image rows go to ``on_row``,
+    per-sample records (the row, the sample's place in the list and what the summary needs of
+    it) to ``on_record``, and the summary (means over images; maxima of mean curves; see
+    :func:`summarize`) is returned. With ``shard``, only its samples are scored."""
     metrics = list(metrics)
     if method == GT_BOX and any(not s.boxes for s in samples):
         raise RtsalError(f"{GT_BOX} explains with the ground-truth boxes: give --boxes")
@@ -366,15 +561,41 @@ def score_method(
         raise RtsalError("pixel needs ground-truth masks (--pixel-masks)")
     if not samples:
         raise RtsalError("no images to score")
-    scorer = _MethodScorer(explainer, metrics, method=method, steps=steps, seed=seed)
-    task = progress.add_task(f"{method}", total=len(samples)) if progress else None
-    for s in samples:
-        row = scorer.score(s)
+    shard = shard or Shard()
+    if "saliency" in metrics:
+        draw_absent_classes(samples, explainer.black_box.num_classes, seed)
+    mine = [(k, s) for k, s in enumerate(samples) if shard.owns(k)]
+    scorer = _MethodScorer(explainer, metrics, method=method, steps=steps)
+    task = progress.add_task(_task(method, shard), total=len(mine)) if progress else None
+    records = []
+    for k, s in mine:
+        row, state = scorer.score(s)
+        records.append({"sample": k, **row, "state": state})
         if on_row:
             on_row(row)
+        if on_record:
+            on_record(records[-1])
         if progress:
             progress.update(task, advance=1)
-    return scorer.summary()
+    return summarize(records, metrics, method)
+
+
+def _task(method: str, shard: Shard) -> str:
+    return f"{method} (shard {shard})" if shard.sharded else method
+
+
+def draw_absent_classes(samples: Sequence[Sample], num_classes: int, seed: int) -> None:
+    """Each sample's absent class (its class plus a seeded non-zero offset, modulo the number of
+    classes), drawn in the order of the whole list: a sample gets the same one whichever shard
+    scores it. Samples that have one keep it."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    K = num_classes
+    for s in samples:
+        offset = int(torch.randint(1, max(K, 2), (1,), generator=generator))
+        if s.absent is None:
+            s.absent = (s.label + offset) % K
 
 
 _PROBABILITIES = ("p_image", "p_image_times_mask", "p_image_times_inverse", "area")
@@ -396,41 +617,51 @@ class _Means:
         return self.sums[key] / self.counts[key] if self.counts.get(key) else None
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON's types: a run's records and those read back from a file are equal."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _bits(hits: Any) -> list[str]:
+    """Hits (rows of booleans) as strings of 0 and 1, one per row."""
+    return ["".join("1" if h else "0" for h in row) for row in hits]
+
+
+def _unbits(rows: Sequence[str]) -> np.ndarray:
+    import numpy as np
+
+    return np.array([[c == "1" for c in row] for row in rows], dtype=bool)
+
+
 class _MethodScorer:
     """One method's pass over the images: :meth:`score` explains one sample and scores its mask
-    with every metric asked for (the row); :meth:`summary` gives the means and the set-level
-    metrics of the accumulators."""
+    with every metric asked for: the row, and the state the summary needs
+    (:func:`summarize`)."""
 
-    def __init__(
-        self, explainer: Any, metrics: Sequence[str], *, method: str, steps: int, seed: int
-    ):
-        import torch
-
-        from rtsal.metrics.faithfulness import PointingGame
-        from rtsal.metrics.localization import LocalisationError, MaxBoxAccuracy
-        from rtsal.metrics.pixel import PixelMaskEvaluation
+    def __init__(self, explainer: Any, metrics: Sequence[str], *, method: str, steps: int):
+        from rtsal.metrics.localization import MaxBoxAccuracy
 
         self.explainer = explainer
         self.metrics = list(metrics)
         self.method = method
         self.steps = steps
-        self.generator = torch.Generator().manual_seed(seed)  # the absent classes
-        self.means = _Means()
-        self.localisation = LocalisationError()
         self.max_box = MaxBoxAccuracy()
         self.max_box_v2 = MaxBoxAccuracy.v2()
-        self.pointing = PointingGame()
-        self.pixel = PixelMaskEvaluation()
-        self.images = 0
-        self.seconds = 0.0
 
-    def score(self, s: Sample) -> dict[str, Any]:
+    def score(self, s: Sample) -> tuple[dict[str, Any], dict[str, Any]]:
         from rtsal.data.images import load_image
+        from rtsal.metrics.faithfulness import pointing_hit
 
         im = load_image(s.path)
         t0 = time.perf_counter()
         (e,) = self.explainer.explain_batch([im], [s.label])[0]
-        self.seconds += time.perf_counter() - t0
+        state: dict[str, Any] = {"seconds": time.perf_counter() - t0}
         if self.method == GT_BOX:
             e = _box_explanation(self.explainer, im, e, s.boxes)
         mask = e.mask  # (H, W) at the image's resolution
@@ -443,56 +674,46 @@ class _MethodScorer:
             "p_image_times_inverse": e.p_destroyed,
             "area": e.area,
         }
-        for k in _PROBABILITIES:
-            self.means.add(k, row[k])
         if "localization" in self.metrics:
-            row.update(self._localization(mask, s.boxes))
+            row.update(self._localization(mask, s.boxes, state))
         if "saliency" in self.metrics:
-            row.update(self._saliency(im, e, s.label))
+            row.update(self._saliency(im, e, s))
         if "pointing" in self.metrics:
-            row["pointing_hit"] = self.pointing.update(mask, s.boxes)
+            row["pointing_hit"] = pointing_hit(mask, s.boxes)
         if "deletion" in self.metrics or "insertion" in self.metrics:
             row.update(self._causal(im, mask, s.label))
         if "pixel" in self.metrics:
             assert s.pixel_mask is not None
-            scores = self.pixel.update(mask, _load_pixel_mask(s.pixel_mask, tuple(mask.shape)))
-            row.update(max_f_image=scores.max_f, mae=scores.mae)
-        self.images += 1
-        return row
+            row.update(self._pixel(mask, s.pixel_mask, state))
+        return {k: _plain(v) for k, v in row.items()}, state
 
-    def _localization(self, mask: Any, boxes: Sequence[Box]) -> dict[str, Any]:
-        from rtsal.metrics.localization import best_iou, mask_box
+    def _localization(
+        self, mask: Any, boxes: Sequence[Box], state: dict[str, Any]
+    ) -> dict[str, Any]:
+        from rtsal.metrics.localization import best_iou, localisation_hit, mask_box
 
         pred = mask_box(mask, 0.5)
-        self.max_box.update(mask, boxes)
-        self.max_box_v2.update(mask, boxes)
+        state["max_box_hits"] = _bits(self.max_box.update(mask, boxes))
+        state["max_box_v2_hits"] = _bits(self.max_box_v2.update(mask, boxes))
         return {
             "box": list(pred) if pred else None,
             "best_iou": best_iou(pred, boxes),
-            "localized": self.localisation.update(pred, boxes),
+            "localized": localisation_hit(pred, boxes),
         }
 
-    def _saliency(self, im: Any, e: Any, label: int) -> dict[str, Any]:
-        import torch
-
+    def _saliency(self, im: Any, e: Any, s: Sample) -> dict[str, Any]:
         from rtsal.data.images import pil_to_tensor
         from rtsal.metrics.saliency import saliency_metric, salient_box
 
         box = self.explainer.black_box
-        sm = saliency_metric(box, pil_to_tensor(im), salient_box(e.mask), label)
-        K = box.num_classes
-        absent = (label + int(torch.randint(1, max(K, 2), (1,), generator=self.generator))) % K
-        (ea,) = self.explainer.explain_batch([im], [absent], with_probabilities=False)[0]
-        row = {
+        sm = saliency_metric(box, pil_to_tensor(im), salient_box(e.mask), s.label)
+        (ea,) = self.explainer.explain_batch([im], [s.absent], with_probabilities=False)[0]
+        return {
             "saliency": sm["score"],
             "crop_area": sm["area"],
             "crop_probability": sm["probability"],
             "area_absent": ea.area,
         }
-        for k in _SALIENCY:
-            self.means.add(k, row[k])
-        self.means.add("keep_ratio", e.p_preserved / max(e.p_image, 1e-12))
-        return row
 
     def _causal(self, im: Any, mask: Any, label: int) -> dict[str, float]:
         from rtsal.metrics.faithfulness import deletion_curve, insertion_curve
@@ -504,40 +725,92 @@ class _MethodScorer:
                 # the curve resizes the mask (1, 1, H, W) to x's size, bilinearly
                 c = curve(self.explainer.black_box, x, mask[None, None], [label], steps=self.steps)
                 row[name] = float(c.auc[0])
-                self.means.add(name, row[name])
         return row
 
-    def summary(self) -> dict[str, Any]:
-        metrics = self.metrics
-        out: dict[str, Any] = {"method": self.method, "images": self.images, "metrics": [*metrics]}
+    def _pixel(self, mask: Any, gt_path: Path, state: dict[str, Any]) -> dict[str, Any]:
+        from rtsal.metrics.pixel import f_measure, mean_absolute_error, precision_recall_curve
+
+        gt = _load_pixel_mask(gt_path, tuple(mask.shape))
+        p, r = precision_recall_curve(mask, gt)
+        state["precision"], state["recall"] = p.tolist(), r.tolist()
+        return {"max_f_image": float(f_measure(p, r).max()), "mae": mean_absolute_error(mask, gt)}
+
+
+def summarize(
+    records: Sequence[Mapping[str, Any]], metrics: Sequence[str], method: str
+) -> dict[str, Any]:
+    """The summary of a method's records, in their order (the samples' order for a whole
+    run): means over images, and the set-level metrics of each metric's accumulator, fed with
+    what each record holds of its sample. A run and its shards, merged, give the same numbers."""
+    import numpy as np
+
+    from rtsal.metrics.faithfulness import PointingGame
+    from rtsal.metrics.localization import LocalisationError, MaxBoxAccuracy
+    from rtsal.metrics.pixel import PixelMaskEvaluation, f_measure
+
+    metrics = list(metrics)
+    means = _Means()
+    localisation, pointing = LocalisationError(), PointingGame()
+    max_box, max_box_v2 = MaxBoxAccuracy(), MaxBoxAccuracy.v2()
+    pixel = PixelMaskEvaluation()
+    seconds = 0.0
+    for r in records:
+        state = r["state"]
+        seconds += state["seconds"]
         for k in _PROBABILITIES:
-            out[k] = self.means.mean(k)
+            means.add(k, r[k])
         if "localization" in metrics:
-            v1, v2 = self.max_box.compute(), self.max_box_v2.compute()
-            out["localization_error"] = self.localisation.compute()
-            out["max_box_acc"] = v1.value
-            out["max_box_acc_threshold"] = float(v1.best_thresholds[0])
-            out["max_box_acc_v2"] = v2.value
+            localisation.images += 1
+            localisation.wrong += not r["localized"]
+            for acc, hits in ((max_box, "max_box_hits"), (max_box_v2, "max_box_v2_hits")):
+                acc.correct += _unbits(state[hits])
+                acc.images += 1
         if "saliency" in metrics:
-            for k in (*_SALIENCY, "keep_ratio"):
-                out[k] = self.means.mean(k)
+            for k in _SALIENCY:
+                means.add(k, r[k])
+            means.add("keep_ratio", r["p_image_times_mask"] / max(r["p_image"], 1e-12))
         if "pointing" in metrics:
-            out["pointing"] = self.pointing.compute().accuracy
+            pointing.hits += bool(r["pointing_hit"])
+            pointing.misses += not r["pointing_hit"]
         for k in ("deletion", "insertion"):
             if k in metrics:
-                out[k] = self.means.mean(k)
+                means.add(k, r[k])
         if "pixel" in metrics:
-            pm = self.pixel.compute()
-            out["max_f"] = pm.max_f
-            out["max_f_threshold"] = pm.best_threshold
-            out["mae"] = pm.mae
-            out["pr_curve"] = {
-                "precision": pm.precision.tolist(),
-                "recall": pm.recall.tolist(),
-                "f": pm.f_measure.tolist(),
-            }
-        out["seconds_per_image"] = self.seconds / max(self.images, 1)
+            p, rc = np.asarray(state["precision"]), np.asarray(state["recall"])
+            pixel.curve_sums += np.stack([p, rc, f_measure(p, rc, pixel.beta2)])
+            pixel.mae_sum += r["mae"]
+            pixel.images += 1
+    out: dict[str, Any] = {"method": method, "images": len(records), "metrics": [*metrics]}
+    if not records:  # a shard without samples
         return out
+    for k in _PROBABILITIES:
+        out[k] = means.mean(k)
+    if "localization" in metrics:
+        v1, v2 = max_box.compute(), max_box_v2.compute()
+        out["localization_error"] = localisation.compute()
+        out["max_box_acc"] = v1.value
+        out["max_box_acc_threshold"] = float(v1.best_thresholds[0])
+        out["max_box_acc_v2"] = v2.value
+    if "saliency" in metrics:
+        for k in (*_SALIENCY, "keep_ratio"):
+            out[k] = means.mean(k)
+    if "pointing" in metrics:
+        out["pointing"] = pointing.compute().accuracy
+    for k in ("deletion", "insertion"):
+        if k in metrics:
+            out[k] = means.mean(k)
+    if "pixel" in metrics:
+        pm = pixel.compute()
+        out["max_f"] = pm.max_f
+        out["max_f_threshold"] = pm.best_threshold
+        out["mae"] = pm.mae
+        out["pr_curve"] = {
+            "precision": pm.precision.tolist(),
+            "recall": pm.recall.tolist(),
+            "f": pm.f_measure.tolist(),
+        }
+    out["seconds_per_image"] = seconds / max(len(records), 1)
+    return out
 
 
 def _load_pixel_mask(path: Path, size: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,24 @@
+"""Options several commands share, one ``Annotated`` alias each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(help="Black-box weights file (safetensors, or a .pt/.pth tensor file)."),
+]
+PretrainedOption = Annotated[bool, typer.Option(help="Use pretrained black-box weights.")]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        show_default=False,
+        help="Do only shard I of N (from 0); rtsal merge joins the shards' outputs. Default "
+        "under torchrun: RANK/WORLD_SIZE.",
+    ),
+]
