@@ -77,13 +77,16 @@ def _register_builtin_commands() -> None:
         evaluate,
         explain,
         export,
+        merge,
         methods,
         metric,
+        serve,
         train,
     )
 
     train.register(app)
     explain.register(app)
+    merge.register(app)
     classifier.register(app)
     evaluate.register(app)
     metric.register(app)
@@ -91,6 +94,7 @@ def _register_builtin_commands() -> None:
     methods.register(app)
     canvas.register(app)
     export.register(app)
+    serve.register(app)
 
 
 def _register_plugin_commands() -> None:

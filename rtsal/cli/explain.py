@@ -227,7 +227,4 @@ def _video_line(result: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from rtsal.cli import merge
-
     app.command("explain")(explain)
-    merge.register(app)

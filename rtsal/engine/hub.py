@@ -22,7 +22,8 @@ CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", CARD_NAME]
 
 
 def is_hub_id(location: str | Path) -> bool:
-    return isinstance(location, str) and location.startswith(HUB_PREFIX)
+    """``hf:ORG/NAME``, also as a command line's Path (which keeps the text as it is)."""
+    return isinstance(location, (str, Path)) and str(location).startswith(HUB_PREFIX)
 
 
 def split_hub_id(location: str) -> tuple[str, str | None]:

@@ -1,0 +1,73 @@
+"""``rtsal serve``: the web demo (Gradio) for photos and the browser's camera."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rtsal.cli._options import PretrainedOption, WeightsOption
+
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Masking-model checkpoint (default: the shipped EfficientNet-Lite0 model).",
+    ),
+]
+BlackBox = Annotated[
+    str | None,
+    typer.Option(
+        "--blackbox",
+        "-b",
+        help="Black box (checked against the checkpoint; required for other methods).",
+    ),
+]
+Method = Annotated[
+    str,
+    typer.Option(help="Explanation method shown first (rtsal methods lists them)."),
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        help="pytorch, or onnxruntime (the masking model exported once and cached; about half "
+        "the CPU time per camera frame)."
+    ),
+]
+Host = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")]
+Port = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+def serve(
+    checkpoint: Checkpoint = None,
+    blackbox: BlackBox = None,
+    method: Method = "masker",
+    device: Device = "auto",
+    backend: Backend = "pytorch",
+    host: Host = "127.0.0.1",
+    port: Port = 7860,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = True,
+) -> None:
+    """Serve the web demo: photos and the camera explained in the browser, top-5 classes, any
+    class by name, the mask, overlay, box and the (image x mask, image x (1 - mask)) pair, the
+    methods side by side, and an API for gradio_client (needs Gradio: rtsal's serve extra)."""
+    from rtsal.serve.server import serve as run
+
+    run(
+        checkpoint=checkpoint,
+        black_box=blackbox,
+        method=method,
+        device=device,
+        backend=backend,
+        host=host,
+        port=port,
+        weights=weights,
+        pretrained=pretrained,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

@@ -1,0 +1,28 @@
+"""``rtsal serve``: the web demo. A photo, or the browser's camera, explained as the user watches;
+built on :class:`rtsal.Explainer` alone (:mod:`rtsal.serve.app`, the page;
+:mod:`rtsal.serve.server`, serving it). Gradio is imported when the page is built, not before
+(``pip install 'rtsal[serve]'``); ``import rtsal.serve`` imports neither it nor torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "SaliencyDemo": "rtsal.serve.app",
+    "build_app": "rtsal.serve.app",
+    "serve": "rtsal.serve.server",
+}
+
+if TYPE_CHECKING:
+    from rtsal.serve.app import SaliencyDemo, build_app
+    from rtsal.serve.server import serve
+
+__all__ = ["SaliencyDemo", "build_app", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rtsal.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
