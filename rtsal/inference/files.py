@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rtsal.data.images import IMAGE_EXTENSIONS, is_image_path, load_image, pil_to_tensor
+from rtsal.data.images import IMAGE_EXTENSIONS, is_image_path, load_image
 from rtsal.engine.checkpoint import atomic_write_bytes
 from rtsal.engine.journal import (
     Journal,
@@ -128,20 +128,38 @@ def output_files(
     return {k: str(v) for k, v in files.items()}
 
 
+# Rows of the image drawn at a time for the overlay and the pair: their float working memory is
+# that many rows' worth (about 100 MB for a 10,000-pixel-wide image), whatever the image's height.
+STRIP_ROWS = 512
+
+
 def _save_outputs(files: dict[str, str], im: Image.Image, e: Explanation) -> None:
     """Each file written whole under a temporary name, on disk, then renamed into place: a kill
-    never leaves a partial image behind."""
-    x = pil_to_tensor(im)  # (3, H, W)
+    never leaves a partial image behind. The overlay and the pair are drawn ``STRIP_ROWS`` rows
+    at a time into 8-bit arrays (the same numbers as drawing them whole), so a large image costs
+    its 8-bit outputs and one strip of floats rather than several float copies of itself."""
+    pixels = np.asarray(im, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    height, width, channels = pixels.shape
     mask = e.mask  # (H, W), read once
-    m = mask[None]  # (1, H, W)
     mask_img = Image.fromarray((mask.numpy() * 255 + 0.5).astype(np.uint8), mode="L")
     _save(mask_img, files["mask"])
-    _save(overlay(x, m), files["overlay"], quality=90)
-    pair = torch.cat(
-        [x * m, torch.ones(3, x.shape[1], max(4, x.shape[2] // 50)), x * (1 - m)], dim=2
-    )
-    pair_img = Image.fromarray((pair.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
-    _save(pair_img, files["pair"], quality=90)
+    del mask_img
+    gap = max(4, width // 50)
+    over = np.empty((height, width, 3), dtype=np.uint8)
+    pair = np.empty((height, 2 * width + gap, channels), dtype=np.uint8)
+    for top in range(0, height, STRIP_ROWS):
+        rows = slice(top, min(height, top + STRIP_ROWS))
+        x = torch.from_numpy(pixels[rows].copy()).permute(2, 0, 1).float().div_(255)  # (C, h, W)
+        m = mask[rows][None]  # (1, h, W)
+        over[rows] = np.asarray(overlay(x, m))
+        both = torch.cat([x * m, torch.ones(channels, x.shape[1], gap), x * (1 - m)], dim=2)
+        pair[rows] = (both.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    _save(Image.fromarray(over), files["overlay"], quality=90)
+    del over
+    _save(Image.fromarray(pair[..., 0] if channels == 1 else pair), files["pair"], quality=90)
+    del pair
     if "npy" in files:
         buf = io.BytesIO()
         np.save(buf, mask.numpy().astype(np.float32))
