@@ -145,3 +145,12 @@ def drop_batch_norms(module: nn.Module) -> None:
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm2d):
                 setattr(parent, name, nn.Identity())
+
+
+def ctrl_c_stops() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT: Ctrl-C interrupts it even when
+    the tests run where SIGINT is ignored (a shell's background job passes SIG_IGN on, and Python
+    then installs no KeyboardInterrupt handler)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

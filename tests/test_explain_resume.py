@@ -18,7 +18,14 @@ import pytest
 
 from rtsal.engine.journal import Journal, read_journal, remove_temporaries
 from rtsal.errors import RtsalError
-from tests.helpers import LITE_PLUGIN, REPO, SHARED_DATA, assert_one_line_error, run_main
+from tests.helpers import (
+    LITE_PLUGIN,
+    REPO,
+    SHARED_DATA,
+    assert_one_line_error,
+    ctrl_c_stops,
+    run_main,
+)
 
 pytest.importorskip("rtsal_efficientnet_lite")
 SAMPLE = SHARED_DATA / "imagenet-sample"
@@ -94,7 +101,13 @@ def start_and_stop(photos: Path, out: Path, sig: int) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "rtsal", *explain_args(photos, out)]
     env = {**os.environ, **LITE_PLUGIN, "RTSAL_DISABLE_PLUGIN_AUTOLOAD": ""}
     p = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_stops,
     )
     try:
         deadline = time.monotonic() + 300

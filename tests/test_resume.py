@@ -15,7 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import FASHION_MNIST_REASON, REPO, fashion_mnist_installed, run_rtsal
+from tests.helpers import (
+    FASHION_MNIST_REASON,
+    REPO,
+    ctrl_c_stops,
+    fashion_mnist_installed,
+    run_rtsal,
+)
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_installed(), reason=FASHION_MNIST_REASON)
 
@@ -102,6 +108,7 @@ def test_ctrl_c_saves_and_exits_cleanly(fm_classifier, tmp_path):
         [sys.executable, "-m", "rtsal", *train_args(fm_classifier, out, "--checkpoint-every", 0)],
         cwd=REPO,
         env=env,
+        preexec_fn=ctrl_c_stops,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

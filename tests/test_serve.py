@@ -23,7 +23,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import LITE_PLUGIN, REPO, assert_one_line_error, run_main, run_rtsal
+from tests.helpers import (
+    LITE_PLUGIN,
+    REPO,
+    assert_one_line_error,
+    ctrl_c_stops,
+    run_main,
+    run_rtsal,
+)
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("rtsal_efficientnet_lite")
@@ -200,7 +207,7 @@ def server(tmp_path_factory):
             stderr=err,
             env=env,
             cwd=REPO,
-            preexec_fn=_ctrl_c_stops,
+            preexec_fn=ctrl_c_stops,
         )
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 240
@@ -227,12 +234,6 @@ def server(tmp_path_factory):
     assert code == 0, _read(logs / "stderr")
     assert "Traceback" not in _read(logs / "stderr")
     assert f"serving on {url.rstrip('/')}" in _read(logs / "stdout")
-
-
-def _ctrl_c_stops() -> None:
-    """In the server's process, before Python starts: Ctrl-C (SIGINT) interrupts it even when
-    the tests run where SIGINT is ignored (a shell's background job)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _read(path: Path) -> str:
