@@ -158,3 +158,14 @@ def test_help_lists_the_options(command):
     assert run.code == 0
     for option in ("--weights", "--no-pretrained"):
         assert option in run.stdout, (command, option)
+
+
+def test_classifier_evaluate_offline(data, weights):
+    """rtsal classifier evaluate too: the hint offline, then --no-pretrained and --weights."""
+    args = ("classifier", "evaluate", "--blackbox", "resnet18", "--data", data / "images")
+    assert_one_line_error(rtsal(*args), HINT)
+    for extra in (("--no-pretrained",), ("--weights", weights)):
+        run = rtsal(*args, *extra, "--json")
+        assert run.code == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert result["images"] == 1, result

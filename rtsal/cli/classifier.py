@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from rtsal.cli._console import err, progress_bar
+from rtsal.cli._options import PretrainedOption
 
 classifier_app = typer.Typer(
     help="Reference classifiers to use as black boxes.", no_args_is_help=True
@@ -113,6 +114,7 @@ def evaluate_classifier_cmd(
     data_root: Annotated[str | None, typer.Option(help="Local copy of a named data set.")] = None,
     split: Annotated[str, typer.Option(help="train or test (named sets).")] = "test",
     weights: Annotated[Path | None, typer.Option(help="Black-box weights file.")] = None,
+    pretrained: PretrainedOption = True,
     limit: Annotated[int | None, typer.Option(help="Evaluate a seeded subset.")] = None,
     batch_size: BatchSizeOption = 32,
     workers: WorkersOption = 0,
@@ -122,12 +124,12 @@ def evaluate_classifier_cmd(
     """Top-1 / top-5 accuracy of a black box, with its own preprocessing."""
     from rtsal.data.folders import make_loader, open_dataset
     from rtsal.device import resolve_device
-    from rtsal.registry.blackbox import create_black_box
+    from rtsal.inference.blackbox_options import chosen_black_box
     from rtsal.registry.classes import ClassResolver
     from rtsal.tools.classifier import black_box_accuracy
 
     dev = resolve_device(device)
-    box = create_black_box(blackbox, weights=str(weights) if weights else None).to(dev)
+    box = chosen_black_box(blackbox, weights=weights, pretrained=pretrained).to(dev)
     ds = open_dataset(
         data,
         split=split,
