@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
 from _markdown import write_section  # noqa: E402
+
+from tests.browser import WATCH_OVERLAYS, free_port, make_camera_file  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ENV = {
@@ -46,22 +48,7 @@ ENV = {
     "GRADIO_ANALYTICS_ENABLED": "False",
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-WATCH_OVERLAYS = """() => {
-  window.overlays = [];
-  const root = document.querySelector('#live');
-  new MutationObserver(() => {
-    const img = root.querySelector('img');
-    if (img && img.src && (!window.overlays.length || img.src !== window.overlays.at(-1)[1]))
-      window.overlays.push([performance.now(), img.src]);
-  }).observe(root, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
-}"""
 SERVER_TIMES = re.compile(r"model (\d+) ms, overlay (\d+) ms")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(port: int, logs: Path, backend: str) -> subprocess.Popen:
@@ -93,24 +80,6 @@ def camera_frame(width: int, height: int) -> np.ndarray:
     from skimage import data
 
     return np.asarray(Image.fromarray(data.chelsea()).resize((width, height), Image.BICUBIC))
-
-
-def make_clip(path: Path, frame: np.ndarray, frames: int = 30) -> None:
-    """A Y4M clip for Chromium's fake camera: ``frame`` with a 4 x 4 patch in a corner one
-    shade brighter at each frame (every overlay is then a new file; the model sees the same
-    photo)."""
-    import av
-
-    with av.open(str(path), "w", format="yuv4mpegpipe") as out:
-        stream = out.add_stream("rawvideo", rate=30)
-        stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
-        for i in range(frames):
-            shown = frame.copy()
-            shown[-4:, -4:] = 8 * i
-            for packet in stream.encode(av.VideoFrame.from_ndarray(shown, "rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
 
 
 def cpu_seconds(pids: set[int]) -> float:
@@ -327,7 +296,7 @@ def main() -> None:
     clips = {}
     for w, h in sizes:
         clips[w, h] = out / f"camera-{w}x{h}.y4m"
-        make_clip(clips[w, h], camera_frame(w, h))
+        make_camera_file(clips[w, h], camera_frame(w, h))
     try:
         for r in range(args.repeats):  # the rows take turns: drifting load spreads over all
             for row in result["rows"]:

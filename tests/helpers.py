@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -154,3 +156,19 @@ def ctrl_c_stops() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextmanager
+def lite_plugin_only() -> Iterator[pytest.MonkeyPatch]:
+    """In this process, for the block: the plugins ``rtsal`` loads with LITE_PLUGIN (the
+    EfficientNet-Lite plugin, the shipped model's black box, and nothing else installed here);
+    yields the MonkeyPatch for further changes (also undone), and puts the plugin manager back
+    to what the environment then says."""
+    from rtsal.registry.plugins import reset_plugin_manager
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in LITE_PLUGIN.items():
+            mp.setenv(name, value)
+        reset_plugin_manager(None)
+        yield mp
+    reset_plugin_manager(None)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from rtsal.errors import CheckpointError, DataError, RtsalError, UnknownClassError
-from tests.helpers import LITE_PLUGIN, REPO
+from tests.helpers import REPO, lite_plugin_only
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("rtsal_efficientnet_lite")
@@ -24,17 +24,11 @@ EGYPTIAN_CAT, TABBY, ESPRESSO = 285, 281, 967  # chelsea is an Egyptian cat to t
 
 
 @pytest.fixture(scope="module", autouse=True)
-def lite_plugin_only():
+def only_the_lite_plugin():
     """The shipped model's black box comes from the EfficientNet-Lite plugin; no other plugin
     installed here is loaded into this process."""
-    from rtsal.registry.plugins import reset_plugin_manager
-
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in LITE_PLUGIN.items():
-            mp.setenv(name, value)
-        reset_plugin_manager(None)
+    with lite_plugin_only():
         yield
-    reset_plugin_manager(None)
 
 
 @pytest.fixture(scope="module")

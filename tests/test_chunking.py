@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from rtsal.errors import RtsalError
-from tests.helpers import LITE_PLUGIN, assert_one_line_error, run_main
+from tests.helpers import LITE_PLUGIN, assert_one_line_error, lite_plugin_only, run_main
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("rtsal_efficientnet_lite")
@@ -26,16 +26,10 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module", autouse=True)
-def lite_plugin_only():
-    from rtsal.registry.plugins import reset_plugin_manager
-
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in LITE_PLUGIN.items():
-            mp.setenv(name, value)
+def only_the_lite_plugin():
+    with lite_plugin_only() as mp:
         mp.delenv("RTSAL_MEMORY_LIMIT", raising=False)
-        reset_plugin_manager(None)
         yield
-    reset_plugin_manager(None)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from torch import nn
 import rtsal
 from rtsal import hookimpl
 from rtsal.errors import CheckpointError, RtsalError, UnknownClassError
-from tests.helpers import LITE_PLUGIN, SHARED_DATA
+from tests.helpers import SHARED_DATA, lite_plugin_only
 
 quantus = pytest.importorskip("quantus")
 pytest.importorskip("rtsal_efficientnet_lite")
@@ -78,14 +78,11 @@ def plugins():
     from rtsal.integrations.quantus import clear_cache
     from rtsal.registry.plugins import make_plugin_manager, reset_plugin_manager
 
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in LITE_PLUGIN.items():
-            mp.setenv(name, value)
+    with lite_plugin_only():
         pm = make_plugin_manager()
         pm.register(_TestMethods(), name="quantus-test-methods")
         reset_plugin_manager(pm)
         yield
-    reset_plugin_manager(None)
     clear_cache()
 
 

@@ -23,11 +23,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.browser import WATCH_OVERLAYS, free_port, make_camera_file
 from tests.helpers import (
     LITE_PLUGIN,
     REPO,
     assert_one_line_error,
     ctrl_c_stops,
+    lite_plugin_only,
     run_main,
     run_rtsal,
 )
@@ -47,17 +49,11 @@ PNG_STEP = 1 / 255  # a mask read back from an 8-bit PNG is within half a step o
 
 
 @pytest.fixture(scope="module", autouse=True)
-def lite_plugin_only():
+def only_the_lite_plugin():
     """The shipped model's black box comes from the EfficientNet-Lite plugin; no other plugin
     installed here is loaded into this process."""
-    from rtsal.registry.plugins import reset_plugin_manager
-
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in LITE_PLUGIN.items():
-            mp.setenv(name, value)
-        reset_plugin_manager(None)
+    with lite_plugin_only():
         yield
-    reset_plugin_manager(None)
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +73,6 @@ def chelsea_png(tmp_path_factory, chelsea) -> Path:
     path = tmp_path_factory.mktemp("photos") / "chelsea.png"
     chelsea.save(path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------- one-line errors
@@ -313,34 +303,6 @@ def test_a_photo_and_a_typed_class_give_the_library_mask(server, explainer, chel
         browser.close()
 
 
-def make_camera_file(path: Path, frame: np.ndarray, frames: int = 30) -> None:
-    """A Y4M clip for Chromium's fake camera: ``frame``, with a 4 x 4 patch in its bottom-right
-    corner one shade brighter at each frame, so that no two frames (nor their overlays) are the
-    same file, while the model sees the same photo."""
-    import av
-
-    with av.open(str(path), "w", format="yuv4mpegpipe") as out:
-        stream = out.add_stream("rawvideo", rate=30)
-        stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
-        for i in range(frames):
-            shown = frame.copy()
-            shown[-4:, -4:] = 8 * i
-            for packet in stream.encode(av.VideoFrame.from_ndarray(shown, "rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
-WATCH_OVERLAYS = """() => {
-  window.overlays = [];
-  const root = document.querySelector('#live');
-  new MutationObserver(() => {
-    const img = root.querySelector('img');
-    if (img && img.src && img.src !== window.overlays.at(-1)) window.overlays.push(img.src);
-  }).observe(root, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
-}"""
-
-
 @pytest.mark.slow
 @needs_chromium
 def test_the_camera_streams_overlays_of_the_library_mask(server, explainer, chelsea, tmp_path):
@@ -365,7 +327,7 @@ def test_the_camera_streams_overlays_of_the_library_mask(server, explainer, chel
         page.locator("#camera button[aria-label='capture photo']").click()  # start streaming
         page.evaluate(WATCH_OVERLAYS)
         time.sleep(10)
-        overlays = page.evaluate("window.overlays")
+        overlays = [url for _, url in page.evaluate("window.overlays")]
         info = page.locator("#live-info").inner_text()
         browser.close()
     assert len(overlays) > 0, info

@@ -7,6 +7,21 @@ from typing import Annotated
 
 import typer
 
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Masking-model checkpoint (default: the shipped EfficientNet-Lite0 model).",
+    ),
+]
+BlackBoxOption = Annotated[
+    str | None,
+    typer.Option(
+        "--blackbox",
+        "-b",
+        help="Black box (checked against the checkpoint; required for other methods).",
+    ),
+]
 WeightsOption = Annotated[
     Path | None,
     typer.Option(help="Black-box weights file (safetensors, or a .pt/.pth tensor file)."),

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from rtsal.cli._console import err, progress_bar
-from rtsal.cli._options import PretrainedOption, ShardOption, WeightsOption
+from rtsal.cli._options import (
+    BlackBoxOption,
+    CheckpointOption,
+    PretrainedOption,
+    ShardOption,
+    WeightsOption,
+)
 from rtsal.inference import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
@@ -32,21 +38,6 @@ Classes = Annotated[
     ),
 ]
 TopK = Annotated[int | None, typer.Option(help="Explain the K most probable classes.")]
-Checkpoint = Annotated[
-    Path | None,
-    typer.Option(
-        "--checkpoint",
-        help="Masking-model checkpoint (default: the shipped EfficientNet-Lite0 model).",
-    ),
-]
-BlackBox = Annotated[
-    str | None,
-    typer.Option(
-        "--blackbox",
-        "-b",
-        help="Black box (checked against the checkpoint; required for other methods).",
-    ),
-]
 Method = Annotated[str, typer.Option(help="Explanation method (rtsal methods lists them).")]
 MethodOptions = Annotated[
     list[str] | None,
@@ -105,8 +96,8 @@ def explain(
     inputs: Inputs,
     class_: Classes = None,
     topk: TopK = None,
-    checkpoint: Checkpoint = None,
-    blackbox: BlackBox = None,
+    checkpoint: CheckpointOption = None,
+    blackbox: BlackBoxOption = None,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = True,
     method: Method = "masker",

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from rtsal.cli._options import PretrainedOption, WeightsOption
+from rtsal.cli._options import BlackBoxOption, CheckpointOption, PretrainedOption, WeightsOption
 
-Checkpoint = Annotated[
-    Path | None,
-    typer.Option(
-        "--checkpoint",
-        help="Masking-model checkpoint (default: the shipped EfficientNet-Lite0 model).",
-    ),
-]
-BlackBox = Annotated[
-    str | None,
-    typer.Option(
-        "--blackbox",
-        "-b",
-        help="Black box (checked against the checkpoint; required for other methods).",
-    ),
-]
 Method = Annotated[
     str,
     typer.Option(help="Explanation method shown first (rtsal methods lists them)."),
@@ -41,8 +25,8 @@ Port = Annotated[int, typer.Option(help="Port to listen on.")]
 
 
 def serve(
-    checkpoint: Checkpoint = None,
-    blackbox: BlackBox = None,
+    checkpoint: CheckpointOption = None,
+    blackbox: BlackBoxOption = None,
     method: Method = "masker",
     device: Device = "auto",
     backend: Backend = "pytorch",

@@ -414,9 +414,9 @@ def init_embedding_from_classifier(model: MaskingModel, black_box: Any) -> None:
     """Copy the black box's classifier rows into the class embedding (needs a shared encoder)."""
     if black_box is None or model.config.encoder != "blackbox":
         raise RtsalError("classifier-initialised embeddings need --encoder blackbox")
-    head = black_box.network.get_classifier()
-    if not isinstance(head, nn.Linear) or head.in_features != model.encoder.coarsest_channels:
+    if not has_linear_classifier(black_box):  # its features are the encoder's coarsest map
         raise RtsalError("the black box's classifier is not a linear layer on its feature map")
+    head = black_box.network.get_classifier()
     with torch.no_grad():
         if model.filter.tied:
             model.filter.weight.copy_(head.weight)
