@@ -12,6 +12,7 @@ from rtsal.engine.objective import (
     SaliencyObjective,
     area,
     class_log_prob,
+    dilate,
     margin_to_best_other,
     objective_preset,
     smoothness_sum,
@@ -148,6 +149,41 @@ def test_preset_overrides_ignore_none():
 def test_unknown_preset():
     with pytest.raises(UnknownNameError, match="paper"):
         objective_preset("papr")
+
+
+def test_dilate_grows_a_pixel_into_a_square():
+    mask = torch.zeros(1, 1, 9, 9)
+    mask[0, 0, 4, 4] = 0.7
+    grown = dilate(mask, 2)
+    want = torch.zeros(1, 1, 9, 9)
+    want[0, 0, 2:7, 2:7] = 0.7
+    assert torch.equal(grown, want)
+    assert dilate(mask, 0) is mask
+
+
+class Recorder(FixedLogits):
+    def forward(self, x):
+        self.seen = x.clone()
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("radius", [0, 2])
+def test_destroy_dilation_removes_a_grown_mask_and_preserves_the_mask_itself(radius):
+    torch.manual_seed(0)
+    box = Recorder(LOG_PROBS)
+    obj = SaliencyObjective(objective_preset("paper", destroy_dilation=radius), box)
+    images = torch.rand(1, 3, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[0, 0, 8, 8] = 1.0
+    obj(images, masker_output(mask), torch.tensor([0]))
+    kept, destroyed = box.seen.chunk(2)
+    # Phi(X, M) is X exactly where the mask is 1: the one pixel, whatever the radius
+    assert (kept == images).all(1)[0].nonzero().tolist() == [[8, 8]]
+    # Phi(X, 1 - grown M) replaces the (2r + 1)^2 square around it and keeps the rest
+    replaced = ~(destroyed == images).all(1)[0]
+    want = torch.zeros(16, 16, dtype=torch.bool)
+    want[8 - radius : 9 + radius, 8 - radius : 9 + radius] = True
+    assert torch.equal(replaced, want)
 
 
 # --------------------------------------------------------------------------- paper form

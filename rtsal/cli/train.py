@@ -69,6 +69,15 @@ AreaWeightOption = Annotated[float | None, typer.Option("--area-weight", help="l
 PreserveWeightOption = Annotated[float | None, typer.Option(help="Weight of the preserve term.")]
 DestroyWeightOption = Annotated[float | None, typer.Option(help="lambda3 (destroy term).")]
 DestroyPowerOption = Annotated[float | None, typer.Option(help="lambda4 (destroy power).")]
+DestroyDilationOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Pixels by which the mask is grown for the destroy term only (0 = the paper): "
+        "the destroyed image loses a margin around the mask, so the mask itself can end at "
+        "the object's edge.",
+    ),
+]
 EmbedWeightOption = Annotated[
     float | None, typer.Option(help="Weight of the class-embedding speed-up term (0 = off).")
 ]
@@ -200,6 +209,7 @@ def train(
     preserve_weight: PreserveWeightOption = None,
     destroy_weight: DestroyWeightOption = None,
     destroy_power: DestroyPowerOption = None,
+    destroy_dilation: DestroyDilationOption = None,
     embed_weight: EmbedWeightOption = None,
     fake_prob: FakeProbOption = _DEFAULT.fake_prob,
     encoder: EncoderOption = _DEFAULT.encoder,

@@ -43,6 +43,7 @@ class ObjectiveConfig:
     preserve_margin: float = 1.0  # authors: hinge margins on logits
     destroy_margin: float = 5.0
     border_penalty: float = 0.0
+    destroy_dilation: int = 0  # pixels: the destroy term removes a mask grown by this much
     embed_weight: float = 0.0  # optional speed-up term on max sigma(X^T C_s)
     removal: RemovalConfig = field(default_factory=RemovalConfig)
 
@@ -121,6 +122,13 @@ def area(mask: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     if power != 1.0:
         mask = (mask + 5e-4).pow(power)
     return mask.flatten(1).mean(1)
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """The mask grown by ``radius`` pixels (a square max filter); the mask itself for 0."""
+    if radius <= 0:
+        return mask
+    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
 
 
 def class_log_prob(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -222,12 +230,13 @@ class SaliencyObjective:
         """Black-box logits of Phi(X, M) and Phi(X, 1 - M) for the given rows (None: all of
         them, without copying the batch): (R, K) each."""
         x, m = (images, mask) if rows is None else (images[rows], mask[rows])
+        outside = 1 - dilate(m, self.config.destroy_dilation)  # what Phi(X, 1 - M) keeps
         gk, gd = generators if generators is not None else (None, None)
         if generators is not None and rows is not None:
             gk = [gk[i] for i in rows.tolist()]
             gd = [gd[i] for i in rows.tolist()]
         with record_function("rtsal: evidence removal"):
-            removed = torch.cat([self.removal(x, m, gk), self.removal(x, 1 - m, gd)])
+            removed = torch.cat([self.removal(x, m, gk), self.removal(x, outside, gd)])
         with record_function("rtsal: black box"):
             return self.black_box(removed).chunk(2)
 

@@ -30,6 +30,7 @@ class TrainConfig:
     preserve_weight: float | None = None
     destroy_weight: float | None = None
     destroy_power: float | None = None
+    destroy_dilation: int | None = None
     embed_weight: float | None = None
     fake_prob: float = 0.3
     epochs: float | None = None

@@ -364,6 +364,7 @@ class Trainer:
             preserve_weight=cfg.preserve_weight,
             destroy_weight=cfg.destroy_weight,
             destroy_power=cfg.destroy_power,
+            destroy_dilation=cfg.destroy_dilation,
             embed_weight=cfg.embed_weight,
         )
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
