@@ -149,3 +149,28 @@ def test_bad_checkpoint_path(tmp_path):
     (tmp_path / "rtsal.json").write_text("{not json")
     run = run_main("evaluate", tmp_path, "--data", "fashion-mnist")
     assert_one_line_error(run, "unreadable checkpoint")
+
+
+def test_objective_options_reach_the_objective(fm_classifier, tmp_path, monkeypatch):
+    import rtsal.training.trainer as trainer_module
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(config, black_box, generator=None):
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(trainer_module, "SaliencyObjective", capture)
+    run = run_main(
+        "train", "--blackbox", fm_classifier, "--data", "fashion-mnist", "--steps", 1,
+        "--batch-size", 4, "--out", tmp_path / "m", "--encoder", "small",
+        "--upsampler-channels", "32,16", "--small-widths", "16,32,64",
+        "--destroy-dilation", 3, "--area-power", 0.5, "--area-weight", 2,
+    )  # fmt: skip
+    assert "Stop" in run.stderr  # stopped where the objective is built
+    cfg = seen["config"]
+    assert (cfg.destroy_dilation, cfg.area_power, cfg.area_weight) == (3, 0.5, 2.0)
+    assert cfg.tv_weight == trainer_module.objective_preset("paper").tv_weight  # the rest: preset

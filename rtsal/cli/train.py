@@ -66,6 +66,14 @@ ScheduleOption = Annotated[str, typer.Option(help="cosine, step or constant.")]
 WarmupStepsOption = Annotated[int, typer.Option(help="Linear warm-up steps.")]
 TvWeightOption = Annotated[float | None, typer.Option("--tv-weight", help="lambda1 (smoothness).")]
 AreaWeightOption = Annotated[float | None, typer.Option("--area-weight", help="lambda2 (area).")]
+AreaPowerOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.01,
+        help="The area term is the mean of (M + 5e-4) ** power (1 = the paper's mean; the "
+        "authors' code used 0.3, which pushes faint mask values to 0).",
+    ),
+]
 PreserveWeightOption = Annotated[float | None, typer.Option(help="Weight of the preserve term.")]
 DestroyWeightOption = Annotated[float | None, typer.Option(help="lambda3 (destroy term).")]
 DestroyPowerOption = Annotated[float | None, typer.Option(help="lambda4 (destroy power).")]
@@ -206,6 +214,7 @@ def train(
     warmup_steps: WarmupStepsOption = _DEFAULT.warmup_steps,
     tv_weight: TvWeightOption = None,
     area_weight: AreaWeightOption = None,
+    area_power: AreaPowerOption = None,
     preserve_weight: PreserveWeightOption = None,
     destroy_weight: DestroyWeightOption = None,
     destroy_power: DestroyPowerOption = None,

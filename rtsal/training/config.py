@@ -27,6 +27,7 @@ class TrainConfig:
     preset: str = "paper"
     tv_weight: float | None = None
     area_weight: float | None = None
+    area_power: float | None = None
     preserve_weight: float | None = None
     destroy_weight: float | None = None
     destroy_power: float | None = None

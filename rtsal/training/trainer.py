@@ -361,6 +361,7 @@ class Trainer:
             cfg.preset,
             tv_weight=cfg.tv_weight,
             area_weight=cfg.area_weight,
+            area_power=cfg.area_power,
             preserve_weight=cfg.preserve_weight,
             destroy_weight=cfg.destroy_weight,
             destroy_power=cfg.destroy_power,
