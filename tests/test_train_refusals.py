@@ -35,6 +35,9 @@ def _cfg(**options) -> TrainConfig:
         ({"holdout": math.nan}, "--holdout"),
         ({"holdout": 0.1, "val_every": 50, "val_photos": 0}, "--val-photos"),
         ({"holdout": 0.1, "val_every": 50, "val_photos": -5}, "--val-photos"),
+        ({"destroy_dilation": -1}, "--destroy-dilation"),
+        ({"area_power": 0.0}, "--area-power"),
+        ({"area_power": math.nan}, "--area-power"),
         # a negative holdout is named as such, not as a missing one
         ({"holdout": -0.1, "val_every": 50}, "--holdout"),
     ],
@@ -52,6 +55,7 @@ def test_bad_values_are_refused_naming_the_option(options, option):
         {"epochs": 0.25},  # a fraction of an epoch still trains
         {"steps": 10, "epochs": 2.0},
         {"lr": 1e-6},
+        {"destroy_dilation": 0, "area_power": 0.3},
         {"holdout": 0.0},
         {"holdout": 0.99, "val_every": 10, "val_photos": 1},
         {"val_photos": 0},  # not validating: the value is never used

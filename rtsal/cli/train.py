@@ -69,7 +69,6 @@ AreaWeightOption = Annotated[float | None, typer.Option("--area-weight", help="l
 AreaPowerOption = Annotated[
     float | None,
     typer.Option(
-        min=0.01,
         help="The area term is the mean of (M + 5e-4) ** power (1 = the paper's mean; the "
         "authors' code used 0.3, which pushes faint mask values to 0).",
     ),
@@ -80,7 +79,6 @@ DestroyPowerOption = Annotated[float | None, typer.Option(help="lambda4 (destroy
 DestroyDilationOption = Annotated[
     int | None,
     typer.Option(
-        min=0,
         help="Pixels by which the mask is grown for the destroy term only (0 = the paper): "
         "the destroyed image loses a margin around the mask, so the mask itself can end at "
         "the object's edge.",

@@ -200,6 +200,10 @@ def check_options(cfg: TrainConfig) -> None:
         raise RtsalError("--fake-prob must be in [0, 1)")
     if cfg.batch_size < 1:
         raise RtsalError("--batch-size must be at least 1")
+    if cfg.destroy_dilation is not None and cfg.destroy_dilation < 0:
+        raise RtsalError(f"--destroy-dilation must be 0 or more pixels, not {cfg.destroy_dilation}")
+    if cfg.area_power is not None and not cfg.area_power > 0:
+        raise RtsalError(f"--area-power must be a positive number, not {cfg.area_power}")
     if not 0 <= cfg.mosaic <= 1:
         raise RtsalError("--mosaic must be in [0, 1]")
     if not cfg.mosaic_tiles or any(t not in (2, 4) for t in cfg.mosaic_tiles):
