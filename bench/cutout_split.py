@@ -64,13 +64,18 @@ def load_cutout(path: Path, min_side: int = 64) -> Image.Image | None:
     return im if min(im.size) >= min_side else None
 
 
+def pasted_size(cut: Image.Image, side: float) -> tuple[int, int]:
+    """(width, height) of the cut-out resized so its longer side is ``side`` px."""
+    scale = side / max(cut.size)
+    return max(1, round(cut.width * scale)), max(1, round(cut.height * scale))
+
+
 def paste(
     scene: Image.Image, cut: Image.Image, side: float, x: int, y: int
 ) -> tuple[Image.Image, list[int]]:
     """The cut-out resized so its longer side is ``side`` px, pasted at (x, y); the box of its
     opaque pixels (x1, y1 exclusive)."""
-    scale = side / max(cut.size)
-    w, h = max(1, round(cut.width * scale)), max(1, round(cut.height * scale))
+    w, h = pasted_size(cut, side)
     small = cut.resize((w, h), Image.LANCZOS)
     out = scene.convert("RGB").copy()
     out.paste(small, (x, y), small)
@@ -99,6 +104,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
+    from rtsal.data.images import pil_to_tensor
     from rtsal.registry.blackbox import create_black_box
 
     torch.manual_seed(a.seed)
@@ -107,7 +113,7 @@ def main() -> None:
     size = bb.input_size[0]
 
     def predict(im: Image.Image) -> tuple[int, float]:
-        x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        x = pil_to_tensor(im)[None]
         with torch.no_grad():
             p = bb(x).softmax(1)[0]
         return int(p.argmax()), float(p.max())
@@ -139,7 +145,7 @@ def main() -> None:
                 bw = (area * w / h) ** 0.5 * size
                 side = min(size, max(bw, bw * h / w))  # the longer side of the pasted cut-out
                 scene = square_crop(Image.open(rng.choice(scenes)), size, rng)
-                bw, bh = round(w * side / max(w, h)), round(h * side / max(w, h))
+                bw, bh = pasted_size(cut, side)
                 x, y = rng.randint(0, size - bw), rng.randint(0, size - bh)
                 picture, box = paste(scene, cut, side, x, y)
                 top, _ = predict(picture)

@@ -24,10 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def box_area(b) -> float:
-    return (b[2] - b[0]) * (b[3] - b[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("boxes", type=Path, help="a boxes.json or the folder holding one")
@@ -35,6 +31,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     a = ap.parse_args()
 
+    from rtsal.data.images import pil_to_tensor
     from rtsal.inference.explainer import Explainer
     from rtsal.metrics.localization import (
         best_iou,
@@ -43,6 +40,7 @@ def main() -> None:
         mask_box,
         read_boxes,
     )
+    from rtsal.metrics.saliency import box_area
 
     path = a.boxes / "boxes.json" if a.boxes.is_dir() else a.boxes
     explainer = Explainer(a.checkpoint, resize="square")
@@ -59,12 +57,7 @@ def main() -> None:
     rows = []
     for i in range(0, len(items), a.batch_size):
         chunk = items[i : i + a.batch_size]
-        x = torch.stack(
-            [
-                torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)
-                for im, _, _ in chunk
-            ]
-        )
+        x = torch.stack([pil_to_tensor(im) for im, _, _ in chunk])
         classes = [c for _, c, _ in chunk]
         with torch.no_grad():
             masks = explainer.attribute(x, classes)[:, 0]
