@@ -308,6 +308,31 @@ def test_localize_cli_on_a_real_photo(photo_with_box, tmp_path):
     assert json.loads(run.stdout)["localization_error"] == 1.0  # whole image: IoU 0.5, not > 0.5
 
 
+def test_compare_two_baselines_on_a_real_photo(photo_with_box, tmp_path):
+    """rtsal compare on what rtsal localize wrote: the centre box is the ground truth, the whole
+    image is not (IoU 0.5), and the summaries carry Wilson intervals of their one image."""
+    from rtsal.metrics.uncertainty import Z95
+
+    d, boxes, _ = photo_with_box
+    args = ("localize", "--data", d / "images", "--boxes", boxes, "--json")
+    for method in ("centre-box", "max-box"):
+        run = run_main(*args, "--method", method, "--out", tmp_path / method)
+        assert run.code == 0, run.stderr
+        s = json.loads(run.stdout)
+        z2 = Z95**2
+        wrong = s["localization_error"]
+        assert s["localization_error_ci95"] == pytest.approx(
+            [0.0, z2 / (1 + z2)] if wrong == 0 else [1 / (1 + z2), 1.0]
+        )
+    run = run_main("compare", tmp_path / "centre-box", tmp_path / "max-box", "--json")
+    assert run.code == 0, run.stderr
+    c = json.loads(run.stdout)
+    assert c["images"] == 1 and c["a"]["method"] == "centre-box"
+    loc = c["rates"]["localization_error"]
+    assert (loc["a"], loc["b"], loc["only_a"], loc["only_b"]) == (0.0, 1.0, 0, 1)
+    assert loc["p_value"] == 1.0  # one image decides nothing
+
+
 def test_metric_cli_all_metrics_on_a_real_photo(photo_with_box, tmp_path):
     d, boxes, (w, h) = photo_with_box
     gt = np.zeros((h, w), np.uint8)

@@ -74,6 +74,7 @@ def _register_builtin_commands() -> None:
         blackboxes,
         canvas,
         classifier,
+        compare,
         evaluate,
         explain,
         export,
@@ -87,6 +88,7 @@ def _register_builtin_commands() -> None:
     train.register(app)
     explain.register(app)
     merge.register(app)
+    compare.register(app)
     classifier.register(app)
     evaluate.register(app)
     metric.register(app)

@@ -26,6 +26,15 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
+def _ci(s: dict[str, Any], key: str, pct: bool = False) -> str:
+    """`` [lo–hi]``: the summary's 95 % interval of ``key``, or nothing."""
+    ci = s.get(f"{key}_ci95")
+    if not ci:
+        return ""
+    lo, hi = (100 * v for v in ci) if pct else ci
+    return f" [95% CI {lo:.1f}-{hi:.1f}%]" if pct else f" [95% CI {lo:.3f} to {hi:.3f}]"
+
+
 def describe(s: dict[str, Any]) -> str:
     if not s["images"]:  # a shard without samples
         return f"{s['method']} on 0 images"
@@ -33,13 +42,15 @@ def describe(s: dict[str, Any]) -> str:
     m = s["metrics"]
     if "localization" in m:
         lines.append(
-            f"  localisation error {_fmt(s['localization_error'], True)} (paper: threshold 0.5, "
+            f"  localisation error {_fmt(s['localization_error'], True)}"
+            f"{_ci(s, 'localization_error', True)} (paper: threshold 0.5, "
             f"IoU > 0.5)  MaxBoxAcc {_fmt(s['max_box_acc'], True)} "
             f"(at {s['max_box_acc_threshold']:.2f})  MaxBoxAccV2 {_fmt(s['max_box_acc_v2'], True)}"
         )
     if "saliency" in m:
         lines.append(
-            f"  saliency metric {_fmt(s['saliency'])} (lower is better; crop area "
+            f"  saliency metric {_fmt(s['saliency'])}{_ci(s, 'saliency')} (lower is better; "
+            f"median {_fmt(s.get('saliency_median'))}, crop area "
             f"{_fmt(s['crop_area'])}, p(crop) {_fmt(s['crop_probability'])})"
         )
     lines.append(
@@ -48,7 +59,7 @@ def describe(s: dict[str, Any]) -> str:
         + (f", absent class {_fmt(s['area_absent'])}" if "saliency" in m else "")
     )
     if "pointing" in m:
-        lines.append(f"  pointing game {_fmt(s['pointing'], True)}")
+        lines.append(f"  pointing game {_fmt(s['pointing'], True)}{_ci(s, 'pointing', True)}")
     if "deletion" in m or "insertion" in m:
         lines.append(
             f"  deletion AUC {_fmt(s.get('deletion'))} (lower is better)  "

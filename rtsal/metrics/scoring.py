@@ -747,8 +747,10 @@ def summarize(
     from rtsal.metrics.faithfulness import PointingGame
     from rtsal.metrics.localization import LocalisationError, MaxBoxAccuracy
     from rtsal.metrics.pixel import PixelMaskEvaluation, f_measure
+    from rtsal.metrics.uncertainty import bootstrap_interval, wilson_interval
 
     metrics = list(metrics)
+    saliency: list[float] = []
     means = _Means()
     localisation, pointing = LocalisationError(), PointingGame()
     max_box, max_box_v2 = MaxBoxAccuracy(), MaxBoxAccuracy.v2()
@@ -768,6 +770,7 @@ def summarize(
         if "saliency" in metrics:
             for k in _SALIENCY:
                 means.add(k, r[k])
+            saliency.append(r["saliency"])
             means.add("keep_ratio", r["p_image_times_mask"] / max(r["p_image"], 1e-12))
         if "pointing" in metrics:
             pointing.hits += bool(r["pointing_hit"])
@@ -788,14 +791,20 @@ def summarize(
     if "localization" in metrics:
         v1, v2 = max_box.compute(), max_box_v2.compute()
         out["localization_error"] = localisation.compute()
+        out["localization_error_ci95"] = list(
+            wilson_interval(localisation.wrong, localisation.images)
+        )
         out["max_box_acc"] = v1.value
         out["max_box_acc_threshold"] = float(v1.best_thresholds[0])
         out["max_box_acc_v2"] = v2.value
     if "saliency" in metrics:
         for k in (*_SALIENCY, "keep_ratio"):
             out[k] = means.mean(k)
+        out["saliency_ci95"] = list(bootstrap_interval(saliency))
+        out["saliency_median"] = float(np.median(saliency))
     if "pointing" in metrics:
         out["pointing"] = pointing.compute().accuracy
+        out["pointing_ci95"] = list(wilson_interval(pointing.hits, pointing.hits + pointing.misses))
     for k in ("deletion", "insertion"):
         if k in metrics:
             out[k] = means.mean(k)
