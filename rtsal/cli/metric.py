@@ -27,7 +27,7 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 
 def _ci(s: dict[str, Any], key: str, pct: bool = False) -> str:
-    """`` [lo–hi]``: the summary's 95 % interval of ``key``, or nothing."""
+    """The summary's 95 % interval of ``key`` as text, or nothing when it has none."""
     ci = s.get(f"{key}_ci95")
     if not ci:
         return ""
