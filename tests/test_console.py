@@ -1,4 +1,5 @@
-"""The progress bar off a terminal (a job's log file): plain lines now and then, quiet when quick."""
+"""The progress bar off a terminal (a job's log file): plain lines now and then, quiet
+when quick."""
 
 from __future__ import annotations
 
