@@ -138,3 +138,7 @@ def test_compare_bad_input_is_one_line(tmp_path):
     assert_one_line_error(run, "share no image")
     with pytest.raises(RtsalError, match="no scores"):
         compare_scores(a, tmp_path / "empty")
+    shard = _scores(tmp_path / "sharded", "masker", [{"localized": True}])
+    (shard / "masker-localize.jsonl").rename(shard / "masker-localize.shard-0-of-2.jsonl")
+    run = run_main("compare", a, shard)
+    assert_one_line_error(run, "only shards", "rtsal merge")

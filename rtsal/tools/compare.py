@@ -85,11 +85,13 @@ def records_file(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise RtsalError(f"{path}: no such file or folder")
-    found = [
-        p
-        for p in sorted(path.glob("*.jsonl"))
-        if _header(p) is not None and ".shard-" not in p.name
-    ]
+    scores = [p for p in sorted(path.glob("*.jsonl")) if _header(p) is not None]
+    found = [p for p in scores if ".shard-" not in p.name]
+    if scores and not found:
+        raise RtsalError(
+            f"{path} holds only shards' scores ({scores[0].name}, ...); join them first: "
+            f"rtsal merge {path}"
+        )
     if not found:
         raise RtsalError(
             f"{path}: no scores in it (the --out folder of rtsal metric or rtsal localize)"
