@@ -17,23 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from rtsal.errors import RtsalError
+from rtsal.metrics.scoring import SCORES
 from rtsal.metrics.uncertainty import MeanComparison, RateComparison, compare_means, compare_rates
-
-SCORES = "scores"
 
 # (name in the output, record field, True when the rate counts the images where the field is false)
 RATES: tuple[tuple[str, str, bool], ...] = (
     ("localization_error", "localized", True),
     ("pointing", "pointing_hit", False),
 )
-# (name, record field, lower is better)
-MEANS: tuple[tuple[str, str, bool], ...] = (
-    ("saliency", "saliency", True),
-    ("p_image_times_mask", "p_image_times_mask", False),
-    ("p_image_times_inverse", "p_image_times_inverse", True),
-    ("area_absent", "area_absent", True),
-    ("deletion", "deletion", True),
-    ("insertion", "insertion", False),
+# record fields whose per-image values are compared by their mean
+MEANS: tuple[str, ...] = (
+    "saliency",
+    "p_image_times_mask",
+    "p_image_times_inverse",
+    "area_absent",
+    "deletion",
+    "insertion",
 )
 
 
@@ -149,9 +148,9 @@ def compare_scores(a: Path, b: Path, *, seed: int = 0) -> Comparison:
             rates[name] = compare_rates(
                 [bool(r[field]) != invert for r in ra], [bool(r[field]) != invert for r in rb]
             )
-    for name, field, _ in MEANS:
+    for field in MEANS:
         if all(r.get(field) is not None for r in ra) and all(r.get(field) is not None for r in rb):
-            means[name] = compare_means(
+            means[field] = compare_means(
                 [float(r[field]) for r in ra], [float(r[field]) for r in rb], seed=seed
             )
     if not rates and not means:
