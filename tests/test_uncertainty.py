@@ -126,19 +126,50 @@ def test_compare_bad_input_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     run = run_main("compare", a, tmp_path / "empty")
     assert_one_line_error(run, "no scores")
-    other = tmp_path / "o"
-    other.mkdir()
-    (other / "m-localize.jsonl").write_text(
-        json.dumps({"rtsal": "scores", "command": "localize", "options": {"method": "m"}})
-        + "\n"
-        + json.dumps({"sample": 0, "input": "elsewhere.jpg", "class_index": 3, "localized": 1})
-        + "\n"
-    )
+    other = _scores(tmp_path / "o", "m", [{"localized": True}])
+    text = (other / "m-localize.jsonl").read_text().replace("img0.jpg", "elsewhere.jpg")
+    (other / "m-localize.jsonl").write_text(text)
     run = run_main("compare", a, other)
     assert_one_line_error(run, "share no image")
+    # a header without the run's fields (samples, inputs, shard) is named, not a traceback
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "m-localize.jsonl").write_text(
+        json.dumps({"rtsal": "scores", "command": "localize", "options": {"method": "m"}})
+        + "\n"
+        + json.dumps({"sample": 0, "input": "img0.jpg", "class_index": 3, "localized": 1})
+        + "\n"
+    )
+    run = run_main("compare", a, broken)
+    assert_one_line_error(run, "lacks its run's fields")
     with pytest.raises(RtsalError, match="no scores"):
         compare_scores(a, tmp_path / "empty")
-    shard = _scores(tmp_path / "sharded", "masker", [{"localized": True}])
-    (shard / "masker-localize.jsonl").rename(shard / "masker-localize.shard-0-of-2.jsonl")
-    run = run_main("compare", a, shard)
-    assert_one_line_error(run, "only shards", "rtsal merge")
+    # one shard of two: the other's samples are missing
+    shards = _sharded(tmp_path / "sharded", [{"localized": True}, {"localized": False}])
+    (shards / "masker-localize.shard-1-of-2.jsonl").unlink()
+    run = run_main("compare", a, shards)
+    assert_one_line_error(run, "1 of 2 samples", "missing shards")
+
+
+def _sharded(folder, rows):
+    """The scores of ``rows`` as written by two shards (sample i in shard i % 2)."""
+    whole = _scores(folder, "masker", rows)
+    lines = (whole / "masker-localize.jsonl").read_text().splitlines()
+    (whole / "masker-localize.jsonl").unlink()
+    for i in range(2):
+        header = {**json.loads(lines[0]), "shard": f"{i}/2"}
+        mine = [x for x in lines[1:] if json.loads(x)["sample"] % 2 == i]
+        text = "".join(json.dumps(header) + "\n" + "".join(x + "\n" for x in mine))
+        (whole / f"masker-localize.shard-{i}-of-2.jsonl").write_text(text)
+    return whole
+
+
+def test_compare_reads_a_folder_of_complete_shards_as_one_run(tmp_path):
+    # A localises images 1-3 of 4 (scored in two shards), B image 3 only
+    rows = [{"localized": i > 0} for i in range(4)]
+    a = _sharded(tmp_path / "a", rows)
+    b = _scores(tmp_path / "b", "grad-cam", [{"localized": i > 2} for i in range(4)])
+    c = compare_scores(a, b)
+    assert c.images == 4
+    r = c.rates["localization_error"]
+    assert (r.a, r.b, r.only_a, r.only_b) == (0.25, 0.75, 0, 2)

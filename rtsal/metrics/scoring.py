@@ -498,7 +498,12 @@ def collect_scores(folders: Sequence[Path]) -> list[MergedScores]:
             header, records = read_journal(path)
             if header is None or header.get("rtsal") != SCORES:
                 continue
-            key = (header["command"], header["options"]["method"])
+            opts = header.get("options")
+            if not isinstance(opts, dict) or any(
+                k not in header for k in ("command", "samples", "inputs", "shard")
+            ):
+                raise RtsalError(f"{path}: a scores file whose header lacks its run's fields")
+            key = (header["command"], opts.get("method"))
             groups.setdefault(key, []).append((path, header, records))
     merged = []
     for (command, method), parts in groups.items():

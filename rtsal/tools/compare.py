@@ -10,7 +10,6 @@ deletion/insertion, f_c on the kept and removed parts, the absent-class area) a 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,47 +76,35 @@ def _name(s: Scores) -> str:
     return s.method + (f", checkpoint {s.checkpoint}" if s.checkpoint else "")
 
 
-def records_file(path: Path) -> Path:
-    """``path`` itself, or the one records file (``<method>-<command>.jsonl``) in the folder."""
+def _records(path: Path) -> tuple[Path, dict[str, Any], list[Any]]:
+    """The header and records of ``path``: a records file, or a folder holding one run's scores
+    (one file, or every shard of it: joined as ``rtsal merge`` joins them)."""
+    from rtsal.engine.journal import read_journal
+    from rtsal.metrics.scoring import collect_scores
+
     path = Path(path).expanduser()
     if path.is_file():
-        return path
+        header, records = read_journal(path)
+        if header is None or header.get("rtsal") != SCORES:
+            raise RtsalError(f"{path}: not a scores file of rtsal metric or rtsal localize")
+        return path, header, records
     if not path.is_dir():
         raise RtsalError(f"{path}: no such file or folder")
-    scores = [p for p in sorted(path.glob("*.jsonl")) if _header(p) is not None]
-    found = [p for p in scores if ".shard-" not in p.name]
-    if scores and not found:
-        raise RtsalError(
-            f"{path} holds only shards' scores ({scores[0].name}, ...); join them first: "
-            f"rtsal merge {path}"
-        )
-    if not found:
+    runs = collect_scores([path])
+    if not runs:
         raise RtsalError(
             f"{path}: no scores in it (the --out folder of rtsal metric or rtsal localize)"
         )
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
+    if len(runs) > 1:
+        names = ", ".join(f"{r.method}-{r.command}" for r in runs)
         raise RtsalError(f"{path} holds several runs' scores ({names}); name the file")
-    return found[0]
-
-
-def _header(path: Path) -> dict[str, Any] | None:
-    try:
-        with path.open() as f:
-            header = json.loads(f.readline())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return header if isinstance(header, dict) and header.get("rtsal") == SCORES else None
+    run = runs[0]
+    return path, run.header, run.records
 
 
 def read_scores(path: Path) -> Scores:
-    """The records of ``path`` (a records file or the folder holding one)."""
-    from rtsal.engine.journal import read_journal
-
-    file = records_file(path)
-    header, records = read_journal(file)
-    if header is None or header.get("rtsal") != SCORES:
-        raise RtsalError(f"{file}: not a scores file of rtsal metric or rtsal localize")
+    """The records of ``path`` (a records file, or the folder holding one run's scores)."""
+    file, header, records = _records(path)
     rows: dict[tuple[str, int], Mapping[str, Any]] = {}
     for r in records:
         if not isinstance(r, dict) or "input" not in r or "class_index" not in r:
