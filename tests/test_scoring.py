@@ -389,3 +389,20 @@ def test_metric_and_localize_bad_input(photo_with_box, tmp_path):
     assert_one_line_error(run, "unknown metric")
     run = run_main("localize", "--files", tmp_path / "no-list.txt", "--boxes", boxes)
     assert_one_line_error(run, "file list not found")
+
+
+def test_wrong_way_round_and_halving_shares_by_hand():
+    from rtsal.metrics.scoring import summarize
+
+    # (f_c(X), f_c(X*M), f_c(X*(1-M))): wrong way round when the third >= the second (rows 2, 3);
+    # removal halves f_c when the third <= half the first (rows 1, 2)
+    probabilities = [(0.8, 0.7, 0.1), (0.6, 0.2, 0.3), (0.5, 0.4, 0.4), (0.9, 0.8, 0.5)]
+    records = [
+        {"p_image": a, "p_image_times_mask": b, "p_image_times_inverse": c, "area": 0.3,
+         "state": {"seconds": 0.0}}
+        for a, b, c in probabilities
+    ]  # fmt: skip
+    s = summarize(records, [], "masker")
+    assert s["wrong_way"] == 0.5 and s["removal_halves"] == 0.5
+    low, high = s["wrong_way_ci95"]
+    assert low < 0.5 < high

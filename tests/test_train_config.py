@@ -66,5 +66,22 @@ def test_cli_defaults_are_the_config_defaults():
     app = typer.Typer()
     app.command()(train_cli.train)
     shown = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
-    assert "[default: 32]" in shown and str(TrainConfig.batch_size) == "32"
+    assert "[default: auto]" in shown and TrainConfig.preset == "auto"
+    assert TrainConfig.batch_size is None  # the preset's (12 for photos, 32 for paper)
     assert "256,128,64" in shown and TrainConfig.upsampler_channels == (256, 128, 64)
+
+
+def test_the_preset_fills_what_was_not_given():
+    cfg = TrainConfig(blackbox="b", data="d")
+    photos = cfg.resolved(pretrained_encoder=True)
+    assert photos.preset == "photos"
+    photo_options = (photos.lr, photos.batch_size, photos.mosaic, photos.color_jitter)
+    assert photo_options == (5e-4, 12, 0.3, 0.1)
+    paper = cfg.resolved(pretrained_encoder=False)
+    assert paper.preset == "paper"
+    assert (paper.lr, paper.batch_size, paper.mosaic, paper.color_jitter) == (1e-3, 32, 0.0, 0.0)
+    given = TrainConfig(blackbox="b", data="d", lr=2e-4, mosaic=0.0).resolved(True)
+    assert (given.lr, given.mosaic, given.batch_size) == (2e-4, 0.0, 12)  # given values win
+    named = TrainConfig(blackbox="b", data="d", preset="paper").resolved(True)
+    assert (named.preset, named.lr) == ("paper", 1e-3)  # a named preset is not re-decided
+    assert named.resolved(False) == named  # resolving twice changes nothing

@@ -63,7 +63,9 @@ def test_train_on_black_box_labels_with_mosaics_and_validation(photo_folder, tmp
         for key in ("mosaic_loc", "mosaic_inside", "p_keep", "p_drop", "area_absent", "saliency"):
             assert key in row
         assert 0 <= row["mosaic_inside"] <= 1 and 0 <= row["area_true"] <= 1
-        assert row["box_loc"] in (0, 1 / 3, 2 / 3, 1) and row["score"] == row["box_loc"]
+        assert row["box_loc"] in (0, 1 / 3, 2 / 3, 1)
+        assert 0 <= row["wrong_way"] <= 1 and 0 <= row["halved"] <= 1
+        assert row["score"] == row["box_loc"] - row["wrong_way"]  # validation_score
     best = json.loads((out / "best" / "rtsal.json").read_text())
     best_step = max(rows, key=lambda r: (r["score"], -r["step"]))["step"]
     assert best["training"]["validation"]["step"] == best_step

@@ -58,6 +58,11 @@ def describe(s: dict[str, Any]) -> str:
         f"f_c(X*(1-M)) {_fmt(s['p_image_times_inverse'])}  mask area {_fmt(s['area'])}"
         + (f", absent class {_fmt(s['area_absent'])}" if "saliency" in m else "")
     )
+    if "wrong_way" in s:
+        lines.append(
+            f"  wrong way round (f_c(X*(1-M)) >= f_c(X*M)) {_fmt(s['wrong_way'], True)}"
+            f"{_ci(s, 'wrong_way', True)}  removal halves f_c {_fmt(s['removal_halves'], True)}"
+        )
     if "pointing" in m:
         lines.append(f"  pointing game {_fmt(s['pointing'], True)}{_ci(s, 'pointing', True)}")
     if "deletion" in m or "insertion" in m:

@@ -243,6 +243,10 @@ def _label_for(name: str, resolver: ClassResolver) -> int | None:
     return None
 
 
+class UnlabelledFolderError(DataError):
+    """A folder whose class folders or file names do not name the black box's classes."""
+
+
 def scan_image_folder(root: Path, resolver: ClassResolver) -> list[tuple[Path, int]]:
     """Samples of an image folder, labelled in the black box's class indices.
 
@@ -262,7 +266,7 @@ def scan_image_folder(root: Path, resolver: ClassResolver) -> list[tuple[Path, i
             labels = {d: i for i, d in enumerate(subdirs)}
         unknown = [d.name for d, v in labels.items() if v is None]
         if unknown:
-            raise DataError(
+            raise UnlabelledFolderError(
                 f"{root}: folder(s) {', '.join(unknown[:5])} match no class of the black box"
             )
         for d in subdirs:
@@ -274,7 +278,7 @@ def scan_image_folder(root: Path, resolver: ClassResolver) -> list[tuple[Path, i
             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
                 label = _label_for(p.stem, resolver)
                 if label is None:
-                    raise DataError(f"{p}: cannot tell its class from the file name")
+                    raise UnlabelledFolderError(f"{p}: cannot tell its class from the file name")
                 samples.append((p, label))
     if not samples:
         raise DataError(f"no images found in {root}")
@@ -537,18 +541,32 @@ def open_dataset(
         )
     selection = None
     if train:
+        labelled, note = None, ""
+        if labels in ("folder", "auto"):
+            try:
+                labelled = scan_image_folder(root, resolver)
+                labels = "folder"
+            except UnlabelledFolderError as exc:
+                if labels == "folder":
+                    raise
+                labels = "blackbox"
+                note = (
+                    f"{root} has no class folders ({exc}): each photo takes the black box's "
+                    f"top-1 class at probability >= {min_confidence} (--labels blackbox)"
+                )
         selection = select_training_photos(
             root,
             labels=labels,
-            labelled=scan_image_folder(root, resolver) if labels == "folder" else None,
+            labelled=labelled,
             black_box=black_box,
             min_confidence=min_confidence,
             exclude=exclude,
             dedup=dedup,
             progress=progress,
         )
+        selection.note = note
         samples = selection.samples
-    elif labels != "folder":
+    elif labels == "blackbox":
         raise DataError("--labels blackbox applies to training")
     else:
         samples = scan_image_folder(root, resolver)

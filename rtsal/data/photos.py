@@ -99,6 +99,7 @@ class PhotoSelection:
     duplicates: int = 0
     unreadable: int = 0
     below_confidence: int = 0
+    note: str = ""  # how the labels were chosen, when rtsal chose them (--labels auto)
 
     def summary(self) -> str:
         parts = [f"{len(self.samples)} training photos of {self.found} found"]

@@ -761,11 +761,14 @@ def summarize(
     max_box, max_box_v2 = MaxBoxAccuracy(), MaxBoxAccuracy.v2()
     pixel = PixelMaskEvaluation()
     seconds = 0.0
+    wrong_way = halved = 0  # photos whose mask is the wrong way round / whose removal halves p
     for r in records:
         state = r["state"]
         seconds += state["seconds"]
         for k in _PROBABILITIES:
             means.add(k, r[k])
+        wrong_way += r["p_image_times_inverse"] >= r["p_image_times_mask"]
+        halved += r["p_image_times_inverse"] <= 0.5 * r["p_image"]
         if "localization" in metrics:
             localisation.images += 1
             localisation.wrong += not r["localized"]
@@ -793,6 +796,11 @@ def summarize(
         return out
     for k in _PROBABILITIES:
         out[k] = means.mean(k)
+    # per image: f_c(X * (1 - M)) >= f_c(X * M) (the mask is "the wrong way round"), and
+    # f_c(X * (1 - M)) <= f_c(X) / 2 (removing the mask at least halves the class)
+    out["wrong_way"] = wrong_way / len(records)
+    out["wrong_way_ci95"] = list(wilson_interval(wrong_way, len(records)))
+    out["removal_halves"] = halved / len(records)
     if "localization" in metrics:
         v1, v2 = max_box.compute(), max_box_v2.compute()
         out["localization_error"] = localisation.compute()

@@ -5,12 +5,23 @@ stores them all. No torch here, so ``rtsal train --help`` stays fast."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from rtsal.engine.model_config import MaskerConfig
 from rtsal.errors import RtsalError
+
+# A preset names the objective's weights (rtsal.engine.objective.PRESETS) and, here, the training
+# options that go with them. An option left unset (None) takes its preset's value, else the
+# fallback below. "auto" is "photos" when the masker's encoder is a pretrained classifier's
+# features (the black box itself or a timm backbone), "paper" for the small from-scratch encoder.
+PRESET_NAMES = ("auto", "photos", "paper", "authors")
+RECIPES: dict[str, dict[str, Any]] = {
+    "photos": {"lr": 5e-4, "batch_size": 12, "mosaic": 0.3, "color_jitter": 0.1},
+}
+RECIPE_FALLBACK: dict[str, Any] = {"lr": 1e-3, "batch_size": 32, "mosaic": 0.0, "color_jitter": 0.0}
+LABEL_CHOICES = ("auto", "folder", "blackbox")
 
 
 @dataclass
@@ -24,7 +35,7 @@ class TrainConfig:
     encoder: str = "auto"  # auto: the black box itself when it can share features, else "small"
     embedding: str = "auto"  # auto: classifier-init with a shared encoder, else learned
     norm: str = MaskerConfig.norm  # batch or group (group: identical on any number of processes)
-    preset: str = "paper"
+    preset: str = "auto"  # see PRESET_NAMES; resolved once the black box is known
     tv_weight: float | None = None
     area_weight: float | None = None
     area_power: float | None = None
@@ -36,9 +47,9 @@ class TrainConfig:
     fake_prob: float = 0.3
     epochs: float | None = None
     steps: int | None = None
-    batch_size: int = 32  # the global batch, shared by all processes
+    batch_size: int | None = None  # the global batch, shared by all processes (preset: 12 / 32)
     image_size: int | None = None
-    lr: float = 1e-3
+    lr: float | None = None  # preset: 5e-4 (photos) / 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine | step | constant
     warmup_steps: int = 0
@@ -56,18 +67,30 @@ class TrainConfig:
     max_bad_steps: int = 5
     checkpoint_every: int = 200  # steps between resumable checkpoints (0: only at the end)
     init: str | None = None  # start from this masking-model checkpoint's weights (fine-tuning)
-    labels: str = "folder"  # folder (class folders / synset names) or blackbox (its top-1)
+    labels: str = "auto"  # folder (class folders / synset names), blackbox (its top-1), or auto:
+    # folder labels when the folder has them, else the black box's
     min_confidence: float = 0.3  # --labels blackbox: keep photos whose top-1 is at least this
     exclude: tuple[str, ...] = ()  # evaluation folders: their photos (and look-alikes) left out
     dedup: bool = True  # drop repeated photos (same difference hash)
     crop_scale: float = 0.35  # random resized crops keep at least this share of the photo
-    color_jitter: float = 0.0  # brightness/contrast/saturation jitter (0: off)
-    mosaic: float = 0.0  # share of samples that are mosaics of 2 or 4 photos of other classes
+    color_jitter: float | None = None  # brightness/contrast/saturation jitter (preset: 0.1 / 0)
+    mosaic: float | None = None  # share of samples that are mosaics of 2 or 4 photos of other
+    # classes (preset: 0.3 / 0)
     mosaic_tiles: tuple[int, ...] = (2, 4)
     val_every: int = 0  # steps between validations on held-out photos (needs --holdout)
     val_photos: int = 200  # held-out photos (and as many mosaics) used for validation
     keep_validated: bool = False  # keep the model of every validation in OUT/validated/step-N
     val_boxes: str | None = None  # photos with exact boxes (boxes.json): validate by localisation
+
+    def resolved(self, pretrained_encoder: bool) -> TrainConfig:
+        """The config with its preset named ("auto" decided) and every option the preset sets
+        filled in where it was left unset."""
+        preset = self.preset
+        if preset == "auto":
+            preset = "photos" if pretrained_encoder else "paper"
+        values = {**RECIPE_FALLBACK, **RECIPES.get(preset, {})}
+        unset = {k: v for k, v in values.items() if getattr(self, k) is None}
+        return replace(self, preset=preset, **unset)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

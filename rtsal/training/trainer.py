@@ -78,10 +78,15 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def masker_encoder(cfg: TrainConfig, box: BlackBox) -> str:
+    """The encoder a run uses: ``auto`` is the black box itself when it can share features."""
+    if cfg.encoder == "auto":
+        return "blackbox" if box.shares_features else "small"
+    return cfg.encoder
+
+
 def masker_config_for(cfg: TrainConfig, box: BlackBox) -> MaskerConfig:
-    encoder = cfg.encoder
-    if encoder == "auto":
-        encoder = "blackbox" if box.shares_features else "small"
+    encoder = masker_encoder(cfg, box)
     embedding = cfg.embedding
     if embedding == "auto":
         linear = encoder == "blackbox" and has_linear_classifier(box)
@@ -182,13 +187,21 @@ class _StopRequest:
 
 
 def check_options(cfg: TrainConfig) -> None:
-    """Refuse option values that cannot work, before any data or model is loaded."""
+    """Refuse option values that cannot work, before any data or model is loaded (options the
+    preset fills in later are None here and checked again once filled)."""
+    from rtsal.errors import UnknownNameError
+    from rtsal.training.config import LABEL_CHOICES, PRESET_NAMES
+
+    if cfg.preset not in PRESET_NAMES:
+        raise UnknownNameError("preset", cfg.preset, PRESET_NAMES)
+    if cfg.labels not in LABEL_CHOICES:
+        raise RtsalError(f"--labels must be one of {', '.join(LABEL_CHOICES)}, not {cfg.labels!r}")
     # steps / epochs: None when not given (then one epoch); given, they must train something
     if cfg.steps is not None and cfg.steps < 1:
         raise RtsalError(f"--steps must be at least 1, not {cfg.steps}")
     if cfg.epochs is not None and not 0 < cfg.epochs < math.inf:
         raise RtsalError(f"--epochs must be a positive number, not {cfg.epochs}")
-    if not 0 < cfg.lr < math.inf:
+    if cfg.lr is not None and not 0 < cfg.lr < math.inf:
         raise RtsalError(f"--lr must be a positive number, not {cfg.lr}")
     if not 0 <= cfg.holdout < 1:
         raise RtsalError(f"--holdout must be in [0, 1), not {cfg.holdout}")
@@ -198,13 +211,13 @@ def check_options(cfg: TrainConfig) -> None:
         )
     if not 0 <= cfg.fake_prob < 1:
         raise RtsalError("--fake-prob must be in [0, 1)")
-    if cfg.batch_size < 1:
+    if cfg.batch_size is not None and cfg.batch_size < 1:
         raise RtsalError("--batch-size must be at least 1")
     if cfg.destroy_dilation is not None and cfg.destroy_dilation < 0:
         raise RtsalError(f"--destroy-dilation must be 0 or more pixels, not {cfg.destroy_dilation}")
     if cfg.area_power is not None and not cfg.area_power > 0:
         raise RtsalError(f"--area-power must be a positive number, not {cfg.area_power}")
-    if not 0 <= cfg.mosaic <= 1:
+    if cfg.mosaic is not None and not 0 <= cfg.mosaic <= 1:
         raise RtsalError("--mosaic must be in [0, 1]")
     if not cfg.mosaic_tiles or any(t not in (2, 4) for t in cfg.mosaic_tiles):
         raise RtsalError("--mosaic-tiles takes 2, 4 or 2,4")
@@ -237,14 +250,7 @@ class Trainer:
         index_progress: Callable[[int, int], None] | None = None,
     ):
         check_options(cfg)
-        self.cfg = cfg
         self.dist, self.device = init_distributed(cfg.device)
-        if cfg.batch_size % self.dist.world_size:
-            raise RtsalError(
-                f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
-                f"{self.dist.world_size} processes"
-            )
-        self.local_batch = cfg.batch_size // self.dist.world_size
         self.out = Path(cfg.out)
         if self.dist.is_main:
             self.out = prepare_out_dir(cfg.out)
@@ -254,6 +260,15 @@ class Trainer:
         self.black_box = black_box or create_black_box(
             cfg.blackbox, pretrained=cfg.pretrained, weights=cfg.weights
         )
+        cfg = cfg.resolved(pretrained_encoder=masker_encoder(cfg, self.black_box) != "small")
+        check_options(cfg)
+        self.cfg = cfg
+        if cfg.batch_size % self.dist.world_size:
+            raise RtsalError(
+                f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the "
+                f"{self.dist.world_size} processes"
+            )
+        self.local_batch = cfg.batch_size // self.dist.world_size
         self._open_data(index_progress)
         self._build_model()
         self._build_optimizer()
@@ -303,7 +318,7 @@ class Trainer:
             progress=index_progress if self.dist.is_main else None,
         )
         self.selection = getattr(self.dataset, "selection", None)
-        if cfg.labels != "folder" and self.selection is None:
+        if cfg.labels == "blackbox" and self.selection is None:
             raise RtsalError("--labels blackbox applies to image folders")
         ds_names = getattr(self.dataset, "class_names", None)
         if ds_names is not None and len(ds_names) != box.num_classes:

@@ -17,7 +17,8 @@ input, the paper's test at threshold 0.5 (``box_loc``, the share localised) and 
 (``box_area``).
 
 ``score`` (higher is better) picks the checkpoint: box localisation when there are box photos,
-else mosaic localisation.
+else mosaic localisation, less the share of held-out photos whose mask is "the wrong way round"
+(``wrong_way``: the class at least as likely with the mask removed as with only the mask kept).
 """
 
 from __future__ import annotations
@@ -181,9 +182,15 @@ class Validator:
             masks = self._masks(model, self.photos, labels)
             absent = self._masks(model, self.photos, self.absent)
             x = self.photos.float().div(255)
-            result["p_image"] = float(self._probabilities(x, labels).mean())
-            result["p_keep"] = float(self._probabilities(x * masks, labels).mean())
-            result["p_drop"] = float(self._probabilities(x * (1 - masks), labels).mean())
+            p_image = self._probabilities(x, labels)
+            p_keep = self._probabilities(x * masks, labels)
+            p_drop = self._probabilities(x * (1 - masks), labels)
+            result["p_image"] = float(p_image.mean())
+            result["p_keep"] = float(p_keep.mean())
+            result["p_drop"] = float(p_drop.mean())
+            # per photo: removing the mask leaves the class at least as likely as keeping it
+            result["wrong_way"] = float((p_drop >= p_keep).float().mean())
+            result["halved"] = float((p_drop <= 0.5 * p_image).float().mean())
             result["area_true"] = float(masks.mean())
             result["area_absent"] = float(absent.mean())
             scores = [
@@ -191,5 +198,15 @@ class Validator:
                 for img, m, c in zip(x, masks, labels, strict=True)
             ]
             result["saliency"] = sum(scores) / len(scores)
-        result["score"] = result.get("box_loc", result.get("mosaic_loc", 0.0))
+        result["score"] = validation_score(result)
         return result
+
+
+def validation_score(result: dict[str, float]) -> float:
+    """What picks ``OUT/best`` (higher is better): box localisation when there are box photos,
+    else mosaic localisation, less the share of held-out photos whose mask is the wrong way
+    round (p(x * (1 - M)) >= p(x * M)) when there are held-out photos. Localisation and
+    faithfulness per photo pull against each other along the objective's weights; a point of
+    either counts the same."""
+    loc = result.get("box_loc", result.get("mosaic_loc", 0.0))
+    return loc - result.get("wrong_way", 0.0)
