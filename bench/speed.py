@@ -161,7 +161,7 @@ def runners(box, model, size: int, iterative_steps: int, with_onnx: bool = False
     """
     import copy
 
-    from rtsal.inference.fusion import fold_batch_norms
+    from rtsal.engine.fusion import fold_batch_norms
     from rtsal.registry.methods import create_method
 
     onnx_run = onnx_runner(box, model, size) if with_onnx else None  # before channels-last

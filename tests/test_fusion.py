@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from rtsal.engine.fusion import count_batch_norms, fold_batch_norms
 from rtsal.engine.model import MaskerConfig, MaskingModel, TimmEncoder, build_masking_model
 from rtsal.errors import RtsalError
-from rtsal.inference.fusion import count_batch_norms, fold_batch_norms
 from tests.helpers import drop_batch_norms, randomise_batch_norms
 
 EPS = 2.0**-10  # exact in float32, so var + eps below is exactly 4 and 1

@@ -184,12 +184,12 @@ def test_corrupt_training_state_is_one_line(tmp_path):
 
 
 def test_truncated_checkpoint_weights(tmp_path):
-    from rtsal.engine.checkpoint import load_masker
+    from rtsal.engine.checkpoint import MASKER_FORMAT, read_checkpoint
     from rtsal.errors import CheckpointError
 
     (tmp_path / "rtsal.json").write_text(
         json.dumps({"format": "rtsal-masking-model", "weights": "model.safetensors"})
     )
     (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
-    with pytest.raises(CheckpointError):
-        load_masker(tmp_path)
+    with pytest.raises(CheckpointError, match="corrupt weights"):
+        read_checkpoint(tmp_path, expected_format=MASKER_FORMAT)

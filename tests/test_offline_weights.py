@@ -102,8 +102,8 @@ def test_weights_give_the_logits_of_loading_them_by_hand(data, masker, weights):
     from safetensors.torch import load_file
     from timm.data import resolve_data_config
 
-    from rtsal.inference.blackbox_options import chosen_black_box
     from rtsal.inference.explainer import Explainer
+    from rtsal.registry.resolve import resolve_models
 
     by_hand = timm.create_model("resnet18", pretrained=False).eval()
     by_hand.load_state_dict(load_file(str(weights)))
@@ -112,9 +112,9 @@ def test_weights_give_the_logits_of_loading_them_by_hand(data, masker, weights):
     x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = by_hand((x - mean) / std)
-        for box in (
-            chosen_black_box("resnet18", weights=weights),
-            chosen_black_box(None, checkpoint=masker, weights=weights),  # the checkpoint's
+        for _, box in (
+            resolve_models(masker, black_box="resnet18", weights=weights),
+            resolve_models(masker, weights=weights),  # the checkpoint's
         ):
             assert torch.equal(box(x), want)
     # the command: top-3 classes and probabilities of the photo as loading by hand gives them
@@ -123,7 +123,7 @@ def test_weights_give_the_logits_of_loading_them_by_hand(data, masker, weights):
     run = rtsal(*args, "--weights", weights, "--json")
     assert run.code == 0, run.stderr
     got = [(r["class_index"], r["p_image"]) for r in map(json.loads, run.stdout.splitlines())]
-    prepare = Explainer(method="gradcam", black_box=chosen_black_box("resnet18", pretrained=False))
+    prepare = Explainer(method="gradcam", black_box="resnet18", pretrained=False)
     with torch.no_grad():
         p = by_hand((prepare.prepare(Image.open(photo).convert("RGB"))[None] - mean) / std)
     top = p.softmax(1)[0].topk(3)

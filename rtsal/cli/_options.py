@@ -37,3 +37,26 @@ ShardOption = Annotated[
         "under torchrun: RANK/WORLD_SIZE.",
     ),
 ]
+TrustCodeOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Build the black box a checkpoint names even when that is code (file.py:factory, "
+        "pkg.module:factory) or files outside the checkpoint. Only for checkpoints you trust.",
+    ),
+]
+AllowOtherBlackBoxOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-other-black-box",
+        help="Use the checkpoint with a black box other than the network it was trained for "
+        "(same classes and preprocessing; the masks then explain another classifier).",
+    ),
+]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (ONNX Runtime for the masking model when installed, exported once per "
+        "checkpoint and cached; PyTorch otherwise), pytorch, or onnxruntime.",
+    ),
+]

@@ -124,12 +124,13 @@ def evaluate_classifier_cmd(
     """Top-1 / top-5 accuracy of a black box, with its own preprocessing."""
     from rtsal.data.folders import make_loader, open_dataset
     from rtsal.device import resolve_device
-    from rtsal.inference.blackbox_options import chosen_black_box
+    from rtsal.registry.blackbox import create_black_box
     from rtsal.registry.classes import ClassResolver
     from rtsal.tools.classifier import black_box_accuracy
 
     dev = resolve_device(device)
-    box = chosen_black_box(blackbox, weights=weights, pretrained=pretrained).to(dev)
+    given = {"weights": str(weights.expanduser())} if weights is not None else {}
+    box = create_black_box(blackbox, pretrained=pretrained, **given).to(dev)
     ds = open_dataset(
         data,
         split=split,

@@ -9,7 +9,12 @@ from typing import Annotated
 import typer
 
 from rtsal.cli._console import err, progress_bar
-from rtsal.cli._options import PretrainedOption, WeightsOption
+from rtsal.cli._options import (
+    AllowOtherBlackBoxOption,
+    PretrainedOption,
+    TrustCodeOption,
+    WeightsOption,
+)
 
 CheckpointArg = Annotated[Path, typer.Argument(help="Masking-model checkpoint directory.")]
 DataOption = Annotated[
@@ -51,18 +56,29 @@ def evaluate(
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     json_out: JsonOutOption = False,
+    trust_code: TrustCodeOption = False,
+    allow_other_black_box: AllowOtherBlackBoxOption = False,
 ) -> None:
     """Accuracy, f_c on preserved/destroyed images and mask areas for true and fake classes."""
     from rtsal.data.folders import make_loader
     from rtsal.device import resolve_device
     from rtsal.engine.checkpoint import load_masker, prepare_out_dir
-    from rtsal.inference.blackbox_options import chosen_black_box
+    from rtsal.registry.resolve import resolve_models
     from rtsal.tools.evaluate import evaluate_masker, training_removal
 
     out_dir = prepare_out_dir(out) if out else None
     dev = resolve_device(device)
-    box = chosen_black_box(blackbox, checkpoint=checkpoint, weights=weights, pretrained=pretrained)
-    model, box, meta = load_masker(checkpoint, box, device=dev)
+    ckpt, box = resolve_models(
+        checkpoint,
+        black_box=blackbox,
+        weights=weights,
+        pretrained=pretrained,
+        trust_code=trust_code,
+        allow_other_black_box=allow_other_black_box,
+    )
+    model, box, meta = load_masker(
+        ckpt, box, device=dev, allow_other_black_box=allow_other_black_box
+    )
     ds = _labelled_set(data, box, split=split, data_root=data_root, limit=limit, seed=seed)
     removal = training_removal(meta)
     loader = make_loader(ds, batch_size, shuffle=False)

@@ -11,10 +11,13 @@ import typer
 
 from rtsal.cli._console import err, progress_bar
 from rtsal.cli._options import (
+    AllowOtherBlackBoxOption,
+    BackendOption,
     BlackBoxOption,
     CheckpointOption,
     PretrainedOption,
     ShardOption,
+    TrustCodeOption,
     WeightsOption,
 )
 from rtsal.inference import DEFAULT_BATCH_SIZE
@@ -64,13 +67,6 @@ ChunkSize = Annotated[
 ]
 Size = Annotated[int | None, typer.Option(help="Video: model resolution (short side).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-Backend = Annotated[
-    str,
-    typer.Option(
-        help="pytorch, or onnxruntime (the masking model exported once and cached; about "
-        "half the latency of one image on a CPU)."
-    ),
-]
 Workers = Annotated[
     int | None,
     typer.Option(
@@ -109,11 +105,13 @@ def explain(
     chunk_size: ChunkSize = None,
     size: Size = None,
     device: Device = "auto",
-    backend: Backend = "pytorch",
+    backend: BackendOption = "auto",
     workers: Workers = None,
     precision: Precision = "float32",
     json_out: JsonOut = False,
     shard: ShardOption = None,
+    trust_code: TrustCodeOption = False,
+    allow_other_black_box: AllowOtherBlackBoxOption = False,
 ) -> None:
     """Explain what the black box sees in each input; writes masks, overlays and the
     (image x mask, image x (1 - mask)) pair. Exit code 3 when some inputs could not be read."""
@@ -153,6 +151,8 @@ def explain(
                 precision=precision,
                 backend=backend,
                 chunk_size=chunk_size,
+                trust_code=trust_code,
+                allow_other_black_box=allow_other_black_box,
             )
     except KeyboardInterrupt:
         if out is not None and video is None:

@@ -12,7 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from rtsal.cli._console import err, progress_bar
-from rtsal.cli._options import PretrainedOption, ShardOption, WeightsOption
+from rtsal.cli._options import (
+    AllowOtherBlackBoxOption,
+    PretrainedOption,
+    ShardOption,
+    TrustCodeOption,
+    WeightsOption,
+)
 from rtsal.metrics.scoring import SampleSource, ScoringOptions
 
 _DEFAULT = ScoringOptions()  # every default of the scoring options lives in ScoringOptions
@@ -169,6 +175,8 @@ def metric(
     device: Device = _DEFAULT.device,
     json_out: JsonOut = False,
     shard: ShardOption = None,
+    trust_code: TrustCodeOption = False,
+    allow_other_black_box: AllowOtherBlackBoxOption = False,
 ) -> None:
     """Score a method: the paper's saliency metric (default), localisation, pointing game,
     deletion/insertion AUC, and PR curve / max F_beta / MAE against pixel masks."""
@@ -182,6 +190,8 @@ def metric(
         blackbox=blackbox,
         weights=weights,
         pretrained=pretrained,
+        trust_code=trust_code,
+        allow_other_black_box=allow_other_black_box,
         shard=shard,
         resize=resize,
         device=device,
@@ -224,6 +234,8 @@ def localize(
     device: Device = _DEFAULT.device,
     json_out: JsonOut = False,
     shard: ShardOption = None,
+    trust_code: TrustCodeOption = False,
+    allow_other_black_box: AllowOtherBlackBoxOption = False,
 ) -> None:
     """Weakly supervised localisation: the paper's error (mask > 0.5, tightest box, IoU > 0.5
     with a ground-truth box of the class) and MaxBoxAcc over thresholds."""
@@ -240,6 +252,8 @@ def localize(
         blackbox=blackbox,
         weights=weights,
         pretrained=pretrained,
+        trust_code=trust_code,
+        allow_other_black_box=allow_other_black_box,
         shard=shard,
         resize=resize,
         device=device,

@@ -6,20 +6,21 @@ from typing import Annotated
 
 import typer
 
-from rtsal.cli._options import BlackBoxOption, CheckpointOption, PretrainedOption, WeightsOption
+from rtsal.cli._options import (
+    AllowOtherBlackBoxOption,
+    BackendOption,
+    BlackBoxOption,
+    CheckpointOption,
+    PretrainedOption,
+    TrustCodeOption,
+    WeightsOption,
+)
 
 Method = Annotated[
     str,
     typer.Option(help="Explanation method shown first (rtsal methods lists them)."),
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
-Backend = Annotated[
-    str,
-    typer.Option(
-        help="pytorch, or onnxruntime (the masking model exported once and cached; about half "
-        "the CPU time per camera frame)."
-    ),
-]
 Host = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
 
@@ -29,11 +30,13 @@ def serve(
     blackbox: BlackBoxOption = None,
     method: Method = "masker",
     device: Device = "auto",
-    backend: Backend = "pytorch",
+    backend: BackendOption = "auto",
     host: Host = "127.0.0.1",
     port: Port = 7860,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = True,
+    trust_code: TrustCodeOption = False,
+    allow_other_black_box: AllowOtherBlackBoxOption = False,
 ) -> None:
     """Serve the web demo: photos and the camera explained in the browser, top-5 classes, any
     class by name, the mask, overlay, box and the (image x mask, image x (1 - mask)) pair, the
@@ -50,6 +53,8 @@ def serve(
         port=port,
         weights=weights,
         pretrained=pretrained,
+        trust_code=trust_code,
+        allow_other_black_box=allow_other_black_box,
     )
 
 

@@ -295,6 +295,8 @@ def _train(
         if trainer.selection.note:
             err.print(trainer.selection.note, highlight=False, markup=False)
         err.print(trainer.selection.summary(), highlight=False, markup=False)
+    if trainer.init_note:
+        err.print(trainer.init_note, highlight=False, markup=False)
     _run(trainer, json_out, f"training a masking model for {trainer.black_box.name} on {cfg.data}")
 
 

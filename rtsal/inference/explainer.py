@@ -20,14 +20,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rtsal.data.images import _to_rgb, fit_size, load_image, pil_interpolation, pil_to_tensor
-from rtsal.engine.checkpoint import default_checkpoint
-from rtsal.engine.hub import local_checkpoint
-from rtsal.engine.model import TOP1
+from rtsal.engine.checkpoint import Checkpoint
 from rtsal.errors import RtsalError
 from rtsal.inference import DEFAULT_BATCH_SIZE
 from rtsal.metrics.boxes import threshold_box
 from rtsal.registry.classes import ClassResolver
-from rtsal.registry.methods import check_method_output
 
 ImageLike = Image.Image | str | Path | torch.Tensor  # one image (a tensor: one or a batch)
 Target = int | str | Sequence[int | str] | torch.Tensor | None  # None: each image's top-1
@@ -125,13 +122,24 @@ class Explainer:
     8 GB; 0 turns the check off) is refused before any work, saying what to lower.
 
     ``Explainer()`` is the shipped model (EfficientNet-Lite0, ImageNet);
+    ``Explainer(black_box="efficientnet_lite2")`` the model rtsal ships for that black box;
     :meth:`from_pretrained` loads a checkpoint directory. Calling the explainer gives masks at
     each image's own resolution; :meth:`attribute` follows Captum's conventions (docs/api.md).
+
+    Which models (:func:`rtsal.registry.resolve.resolve_models`, what every command uses):
+    ``black_box`` is a black box or a name (built as named, with ``weights``, a file, or
+    ``pretrained=False``), or None for the checkpoint's own, which is built from registered
+    providers only: a checkpoint that names code (``file.py:factory``) or files outside itself
+    is refused unless ``trust_code=True``. A checkpoint is refused for a black box other than
+    the one it was trained for (classes, preprocessing, network fingerprint) unless
+    ``allow_other_black_box=True``. ``backend="auto"`` (the default) runs the masking model
+    under ONNX Runtime when it is installed and the model exports (exported once per
+    checkpoint, cached), else PyTorch; ``"pytorch"`` and ``"onnxruntime"`` choose one.
     """
 
     def __init__(
         self,
-        checkpoint: str | Path | None = None,
+        checkpoint: str | Path | Checkpoint | None = None,
         *,
         black_box: Any = None,
         device: str | torch.device = "auto",
@@ -140,17 +148,23 @@ class Explainer:
         method_options: dict[str, Any] | None = None,
         precision: str = "float32",
         fuse: bool = True,
-        backend: str = "pytorch",
+        backend: str = "auto",
         chunk_size: int | None = None,
         memory_limit: int | str | None = None,
+        weights: str | Path | None = None,
+        pretrained: bool = True,
+        trust_code: bool = False,
+        allow_other_black_box: bool = False,
     ):
         from rtsal.device import resolve_device
         from rtsal.engine.checkpoint import load_masker
-        from rtsal.inference.fusion import fold_batch_norms
+        from rtsal.engine.fusion import fold_batch_norms
+        from rtsal.inference.backends import BACKENDS, MethodBackend, masker_backend
         from rtsal.registry.methods import create_method
+        from rtsal.registry.resolve import resolve_models
 
-        if backend not in ("pytorch", "onnxruntime"):
-            raise RtsalError(f"unknown backend {backend!r}: use pytorch or onnxruntime")
+        if backend not in BACKENDS:
+            raise RtsalError(f"unknown backend {backend!r}: use auto, pytorch or onnxruntime")
         if backend == "onnxruntime":
             if method != "masker":
                 raise RtsalError(
@@ -173,38 +187,53 @@ class Explainer:
             raise RtsalError(f"--chunk-size must be a whole number of at least 1; got {chunk_size}")
         self.chunk_size = chunk_size
         self.memory_limit = _memory_limit(memory_limit)
-        self.model = None
-        self.onnx = None
+        ckpt, box = resolve_models(
+            checkpoint,
+            black_box=black_box,
+            method=method,
+            weights=weights,
+            pretrained=pretrained,
+            trust_code=trust_code,
+            allow_other_black_box=allow_other_black_box,
+        )
         self.checkpoint: Path | None = None  # the masking model's checkpoint directory
-        if method == "masker":
-            path = local_checkpoint(checkpoint if checkpoint is not None else default_checkpoint())
-            self.checkpoint = path
-            self.model, self.black_box, self.meta = load_masker(path, black_box, device=self.device)
-            if fuse and backend == "pytorch":  # ONNX Runtime runs its own export
-                self.model = fold_batch_norms(self.model)
-            self.method = None
-            if backend == "onnxruntime":
-                from rtsal.inference.onnx_backend import OnnxMasker
-
-                self.onnx = OnnxMasker(Path(path))
-        else:
-            if black_box is None:  # the black box of the (shipped) checkpoint
-                from rtsal.engine.checkpoint import checkpoint_black_box, read_meta
-
-                meta, where = read_meta(
-                    checkpoint if checkpoint is not None else default_checkpoint()
+        self.meta: dict[str, Any] = {}
+        self.method_name = method
+        if ckpt is not None:
+            self.checkpoint, self.meta = ckpt.folder, ckpt.meta
+            model, box, _ = load_masker(
+                ckpt, box, device=self.device, allow_other_black_box=allow_other_black_box
+            )
+            model.to(memory_format=torch.channels_last)
+            if backend != "pytorch":  # ONNX Runtime runs its own export of the unfolded model
+                self.backend = masker_backend(
+                    backend, ckpt.folder, model, box, device=self.device, precision=precision
                 )
-                black_box = checkpoint_black_box(meta, where)
-            self.black_box = black_box.to(self.device)
-            self.meta = {}
-            self.method = create_method(method, self.black_box, **(method_options or {}))
-            self.method_name = method
+            if backend == "pytorch" or self.backend.name == "pytorch":
+                from rtsal.inference.backends import TorchMasker
+
+                self.backend = TorchMasker(
+                    fold_batch_norms(model) if fuse else model, box, precision
+                )
+            self.black_box = box
+        else:
+            self.black_box = box.to(self.device)
+            method_impl = create_method(method, self.black_box, **(method_options or {}))
+            self.backend = MethodBackend(method_impl, method, self.black_box)
         self.black_box.to(memory_format=torch.channels_last)
-        if self.model is not None:
-            self.model.to(memory_format=torch.channels_last)
         self.resize = _resize_mode(resize, self.black_box)
         self.resolver = ClassResolver.for_black_box(self.black_box)
         self.interp = pil_interpolation(self.black_box.interpolation)
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch masking model, when the masks come from one (else None)."""
+        return self.backend.model
+
+    @property
+    def backend_name(self) -> str:
+        """What computes the masks: ``pytorch`` or ``onnxruntime``."""
+        return self.backend.name
 
     @classmethod
     def from_pretrained(cls, location: str | Path, **kwargs: Any) -> Explainer:
@@ -282,13 +311,6 @@ class Explainer:
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device).contiguous(memory_format=torch.channels_last)
 
-    def _autocast(self):
-        return torch.autocast(
-            self.device.type,
-            dtype=torch.bfloat16,
-            enabled=self.precision == "bfloat16" and self.model is not None,
-        )
-
     @property
     def shared_encoder(self) -> bool:
         return self.model is not None and self.model.shared_encoder
@@ -302,26 +324,7 @@ class Explainer:
         ``classes=None`` explains each image's top-1 class; with an encoder shared with the black
         box, one backbone pass gives both the prediction and the mask.
         """
-        x = self._input(x)
-        if self.onnx is not None:
-            mask, probs = self.onnx(x, classes)
-            logits = _log_probabilities(probs)
-            classes = logits.argmax(1) if classes is None else classes.to(self.device)
-            return mask, logits, classes
-        if self.model is not None:
-            wanted = x.new_full(x.shape[:1], TOP1, dtype=torch.long) if classes is None else classes
-            with self._autocast():
-                feats = self.model.encode_and_classify(x, self.black_box)
-                mask, classes = self.model.masks_for_classes(
-                    feats, wanted.to(self.device), x.shape[-2:]
-                )
-            return mask.float(), feats.logits.float(), classes
-        logits = self.black_box(x)
-        classes = logits.argmax(1) if classes is None else classes.to(self.device)
-        masks = check_method_output(
-            self.method.explain(x, classes), x.shape[0], x.shape[-2:], self.method_name
-        )
-        return masks, logits, classes
+        return self.backend.masks_for_images(self._input(x), classes)
 
     def select_classes(
         self, logits: torch.Tensor, classes: Sequence[int] | None, topk: int | None
@@ -475,17 +478,7 @@ class Explainer:
     ) -> Iterator[tuple[int, Explanation]]:
         with torch.inference_mode():
             x = self._input(torch.stack(list(prepared)))  # (B, C, h, w)
-            feats = None
-            top1_masks = None
-            if self.onnx is not None:  # one run gives each image's top-1 mask and probabilities
-                top1_masks, probs = self.onnx(x, None)
-                logits = _log_probabilities(probs)
-            elif self.model is not None:
-                with self._autocast():
-                    feats = self.model.encode_and_classify(x, self.black_box)
-                logits = feats.logits.float()
-            else:
-                logits = self.black_box(x)
+            logits, state = self.backend.first_pass(x)
             chosen = self.select_classes(logits, classes, topk)
             img_idx = torch.tensor([i for i, cs in enumerate(chosen) for _ in cs], device=x.device)
             cb = torch.tensor([c for cs in chosen for c in cs], device=x.device)
@@ -493,7 +486,7 @@ class Explainer:
             rows = slice(start, start + self.chunk_size)
             with torch.inference_mode():
                 m, p_img, pk, pd = self._explain_chunk(
-                    x, feats, logits, top1_masks, img_idx[rows], cb[rows], with_probabilities
+                    x, state, logits, img_idx[rows], cb[rows], with_probabilities
                 )
             for r, (i, c) in enumerate(zip(img_idx[rows].tolist(), cb[rows].tolist(), strict=True)):
                 scores = (float(p_img[r]), float(pk[r]), float(pd[r]))
@@ -527,29 +520,16 @@ class Explainer:
     def _explain_chunk(
         self,
         x: torch.Tensor,
-        feats: Any,
+        state: Any,
         logits: torch.Tensor,
-        top1_masks: torch.Tensor | None,
         img_idx: torch.Tensor,
         cb: torch.Tensor,
         with_probabilities: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masks (R, 1, h, w) at model resolution, f_c(X), f_c(X * M) and f_c(X * (1 - M)) (R,)
         for R (image, class) rows: row r is class ``cb[r]`` of image ``img_idx[r]``."""
+        m = self.backend.masks(x, state, logits, img_idx, cb)
         xb = x[img_idx]  # one row per (image, class)
-        if top1_masks is not None:
-            if bool((logits.argmax(1)[img_idx] == cb).all()):
-                m = top1_masks[img_idx]
-            else:
-                m, _ = self.onnx(xb, cb)
-        elif feats is not None:  # the encoder's features repeated once per class
-            with self._autocast():
-                m, _ = self.model.masks_for_classes(feats, cb, x.shape[-2:], image_index=img_idx)
-            m = m.float()
-        else:
-            m = check_method_output(
-                self.method.explain(xb, cb), xb.shape[0], xb.shape[-2:], self.method_name
-            )
 
         def prob(lg: torch.Tensor) -> torch.Tensor:
             return lg.softmax(1).gather(1, cb[:, None]).squeeze(1)
@@ -794,11 +774,6 @@ def _height_width(picture: Image.Image | torch.Tensor) -> tuple[int, int]:
 def _ordinary(t: torch.Tensor) -> torch.Tensor:
     """A tensor made under ``inference_mode`` as an ordinary one (autograd may then use it)."""
     return t.clone() if t.is_inference() else t
-
-
-def _log_probabilities(probs: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities (B, K) standing in for logits: same argmax, same softmax."""
-    return probs.float().clamp_min(torch.finfo(torch.float32).tiny).log()
 
 
 def batched_by_size(

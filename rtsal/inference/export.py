@@ -66,15 +66,21 @@ class ExportableMasker(nn.Module):
         return super().train(False)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path | None = None) -> ExportableMasker:
-        """Load a masking-model checkpoint (default: the shipped model) on the CPU."""
-        from rtsal.engine.checkpoint import default_checkpoint, load_masker
+    def from_checkpoint(
+        cls, checkpoint: str | Path | None = None, **models: Any
+    ) -> ExportableMasker:
+        """Load a masking-model checkpoint (default: the shipped model) on the CPU; ``models``
+        as :func:`rtsal.registry.resolve.resolve_models` takes them (``black_box``,
+        ``trust_code``, ...)."""
+        from rtsal.engine.checkpoint import load_masker
+        from rtsal.registry.resolve import resolve_models
 
-        path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-        model, black_box, meta = load_masker(path, device="cpu")
+        ckpt, box = resolve_models(checkpoint, **models)
+        allow = bool(models.get("allow_other_black_box"))
+        model, black_box, meta = load_masker(ckpt, box, device="cpu", allow_other_black_box=allow)
         wrapper = cls(model, black_box)
         wrapper.meta = meta
-        wrapper.source = str(path)
+        wrapper.source = str(ckpt.folder)
         return wrapper
 
     @property

@@ -527,16 +527,13 @@ def _explainer(
     pretrained: bool,
     explainer_options: dict[str, Any],
 ) -> Explainer:
-    from rtsal.inference.blackbox_options import chosen_black_box
-
-    box = chosen_black_box(
-        black_box,
-        checkpoint=explainer_options.get("checkpoint"),
+    device = process_device(explainer_options.get("device", "auto"))  # a GPU each, torchrun
+    return Explainer(
+        black_box=black_box,
         weights=weights,
         pretrained=pretrained,
+        **{**explainer_options, "device": device},
     )
-    device = process_device(explainer_options.get("device", "auto"))  # a GPU each, torchrun
-    return Explainer(black_box=box, **{**explainer_options, "device": device})
 
 
 def _task(shard: Shard) -> str:

@@ -15,7 +15,7 @@ class MaskingModelMethod:
 
     def __init__(self, black_box: Any, checkpoint: str | None = None, model: Any = None, **_: Any):
         from rtsal.engine.checkpoint import load_masker
-        from rtsal.inference.fusion import fold_batch_norms
+        from rtsal.engine.fusion import fold_batch_norms
 
         if model is None:
             if checkpoint is None:

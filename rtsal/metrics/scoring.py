@@ -117,7 +117,8 @@ class ScoringOptions:
     ``metrics`` may be given as ``"saliency,pointing"`` or ``"all"`` (see :func:`parse_metrics`);
     ``method_options`` are the method's keyword arguments; ``steps`` those of the
     deletion/insertion curves; ``seed`` draws the absent classes; ``weights`` and
-    ``pretrained`` build the black box (:func:`rtsal.inference.blackbox_options.chosen_black_box`).
+    ``pretrained`` build the black box, ``trust_code`` and ``allow_other_black_box`` as for
+    :class:`rtsal.Explainer`.
     With ``out``, the per-image rows and the summary go to ``OUT/<method>-<stem>.csv`` and
     ``.json``, the per-sample records to ``.jsonl`` (and the pixel metrics' PR curve to
     ``OUT/<method>-pr.png`` unless ``pr_png`` names a file). ``shard`` ("I/N"; default:
@@ -139,6 +140,8 @@ class ScoringOptions:
     weights: Path | None = None
     pretrained: bool = True
     shard: str | Shard | None = None
+    trust_code: bool = False
+    allow_other_black_box: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(parse_metrics(self.metrics)))
@@ -340,18 +343,15 @@ def run_scoring(
 
 
 def _explainer(options: ScoringOptions) -> Any:
-    from rtsal.inference.blackbox_options import chosen_black_box
     from rtsal.inference.explainer import Explainer
 
-    box = chosen_black_box(
-        options.blackbox,
-        checkpoint=options.checkpoint,
-        weights=options.weights,
-        pretrained=options.pretrained,
-    )
     return Explainer(
         options.checkpoint,
-        black_box=box,
+        black_box=options.blackbox,
+        weights=options.weights,
+        pretrained=options.pretrained,
+        trust_code=options.trust_code,
+        allow_other_black_box=options.allow_other_black_box,
         device=process_device(options.device),  # under torchrun, a GPU each
         resize=options.resize,
         method="max-box" if options.method == GT_BOX else options.method,  # gt-box: any mask

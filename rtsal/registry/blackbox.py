@@ -105,6 +105,47 @@ class BlackBox(nn.Module):
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x).softmax(dim=1)
 
+    def output_layer(self) -> list[torch.Tensor]:
+        """The weights of the layer that gives the logits: timm's ``get_classifier()``, else
+        the last layer with as many outputs as there are classes, else the last parameter."""
+        net = self.network
+        head = net.get_classifier() if hasattr(net, "get_classifier") else None
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            return [p.detach() for p in head.parameters()]
+        for module in reversed(list(net.modules())):
+            weight = getattr(module, "weight", None)
+            if (
+                isinstance(weight, torch.Tensor)
+                and weight.dim() >= 2
+                and weight.shape[0] == self.num_classes
+            ):
+                return [p.detach() for p in module.parameters(recurse=False)]
+        params = [p.detach() for p in net.parameters()]
+        return params[-1:]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What tells this classifier from another of the same classes and preprocessing: its
+        architecture (class and number of parameters) and a hash of its output layer's weights
+        (as float32, so the same on any device). Stored in every masking-model checkpoint and
+        checked when the checkpoint is loaded."""
+        import hashlib
+
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None:
+            return dict(cached)
+        net = self.network
+        digest = hashlib.sha256()
+        for t in self.output_layer():
+            a = t.float().cpu().contiguous()
+            digest.update(str(tuple(a.shape)).encode())
+            digest.update(a.numpy().tobytes())
+        count = sum(p.numel() for p in net.parameters())
+        self._fingerprint = {
+            "architecture": f"{type(net).__name__}/{count}",
+            "head": digest.hexdigest()[:32],
+        }
+        return dict(self._fingerprint)
+
     def describe(self) -> dict[str, Any]:
         """What a checkpoint stores to check it is used with the right black box."""
         return {
@@ -117,6 +158,7 @@ class BlackBox(nn.Module):
             "input_size": list(self.input_size),
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
+            "fingerprint": self.fingerprint(),
         }
 
 

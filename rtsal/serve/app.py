@@ -156,23 +156,28 @@ class SaliencyDemo:
         black_box: str | None = None,
         method: str = "masker",
         device: str = "auto",
-        backend: str = "pytorch",
+        backend: str = "auto",
         *,
         weights: str | Path | None = None,
         pretrained: bool = True,
+        trust_code: bool = False,
+        allow_other_black_box: bool = False,
     ) -> SaliencyDemo:
         """The demo for a checkpoint (default: the shipped model) or, with ``method``, another
         method on a black box named as on the command line (default: the checkpoint's).
         ``backend`` is the masking model's (``"onnxruntime"``: about half the CPU time a frame);
         the other methods run in PyTorch. ``weights`` / ``pretrained=False``: the black box's
         weights from a file, or random (offline), as on every command."""
-        from rtsal.inference.blackbox_options import chosen_black_box
-
-        box = chosen_black_box(
-            black_box, checkpoint=checkpoint, weights=weights, pretrained=pretrained
-        )
         explainer = Explainer(
-            checkpoint, black_box=box, method=method, device=device, backend=backend
+            checkpoint,
+            black_box=black_box,
+            weights=weights,
+            pretrained=pretrained,
+            trust_code=trust_code,
+            allow_other_black_box=allow_other_black_box,
+            method=method,
+            device=device,
+            backend=backend,
         )
         return cls(explainer, checkpoint=checkpoint, method=method)
 

@@ -52,11 +52,13 @@ def serve(
     black_box: str | None = None,
     method: str = "masker",
     device: str = "auto",
-    backend: str = "pytorch",
+    backend: str = "auto",
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     weights: str | Path | None = None,
     pretrained: bool = True,
+    trust_code: bool = False,
+    allow_other_black_box: bool = False,
 ) -> None:
     """Serve the demo at http://HOST:PORT until interrupted (Ctrl-C). The address and Gradio's
     presence are checked first, then the model is loaded, then the page built and served; each
@@ -66,7 +68,15 @@ def serve(
     from rtsal.serve.app import SaliencyDemo, build_app, write_example_photos
 
     demo = SaliencyDemo.load(
-        checkpoint, black_box, method, device, backend, weights=weights, pretrained=pretrained
+        checkpoint,
+        black_box,
+        method,
+        device,
+        backend,
+        weights=weights,
+        pretrained=pretrained,
+        trust_code=trust_code,
+        allow_other_black_box=allow_other_black_box,
     )
     with tempfile.TemporaryDirectory(prefix="rtsal-serve-") as tmp:
         workdir = Path(tmp)

@@ -372,6 +372,7 @@ class Trainer:
     def _build_model(self) -> None:
         """The masking model (encoder frozen) and the objective, on the device."""
         cfg = self.cfg
+        self.init_note = ""
         self.model_config = masker_config_for(cfg, self.black_box)
         self.model: MaskingModel = build_masking_model(self.model_config, self.black_box)
         if cfg.init:
@@ -421,17 +422,48 @@ class Trainer:
                 self.scaler = torch.amp.GradScaler("cuda")
 
     def _init_from(self, path: str) -> None:
-        """Start from a trained masking model of the same architecture and black box."""
-        from rtsal.engine.checkpoint import MASKER_FORMAT, check_black_box, read_checkpoint
+        """Start from a trained masking model. Trained for this black box, it must have the
+        same model options; trained for another one (transfer), the tensors whose names and
+        shapes fit are reused (the decoder) and the rest keep this run's initialisation: the
+        class embedding (from this black box's classifier) and layers whose shapes differ."""
+        from rtsal.engine.checkpoint import check_black_box
+        from rtsal.engine.locate import open_checkpoint
 
-        sd, meta, where = read_checkpoint(path, expected_format=MASKER_FORMAT)
-        check_black_box(meta, self.black_box, where)
-        theirs = MaskerConfig.from_dict(meta.get("model", {}))
-        if theirs.to_dict() | {"embedding_init": ""} != self.model_config.to_dict() | {
-            "embedding_init": ""
-        }:
-            raise CheckpointError(f"{where}: --init needs the same model options as this run")
-        self.model.load_state_dict(sd, strict=False)
+        ckpt = open_checkpoint(path)
+        meta, where = ckpt.meta, ckpt.folder
+        try:
+            check_black_box(meta, self.black_box, where)
+            same_black_box = True
+        except CheckpointError:
+            same_black_box = False
+        sd = ckpt.read_weights()
+        if same_black_box:
+            theirs = MaskerConfig.from_dict(meta.get("model", {}))
+            if theirs.to_dict() | {"embedding_init": ""} != self.model_config.to_dict() | {
+                "embedding_init": ""
+            }:
+                raise CheckpointError(f"{where}: --init needs the same model options as this run")
+            self.model.load_state_dict(sd, strict=False)
+            return
+        ours = self.model.trainable_state_dict()
+        embedding = [k for k in ours if k.startswith("filter.")]
+        fits = {
+            k: v
+            for k, v in sd.items()
+            if k in ours and k not in embedding and v.shape == ours[k].shape
+        }
+        self.model.load_state_dict(fits, strict=False)
+        misfit = [k for k in ours if k not in fits and k not in embedding]
+        count = sum(v.numel() for v in fits.values())
+        total = sum(v.numel() for k, v in ours.items() if k not in embedding)
+        other = meta.get("black_box", {}).get("name", "another black box")
+        self.init_note = (
+            f"--init {path}: trained for {other}, not {self.black_box.name}; reused {len(fits)} "
+            f"of {len(fits) + len(misfit)} decoder tensors ({count / 1e6:.2f} M of "
+            f"{total / 1e6:.2f} M parameters); re-initialised the class embedding"
+            + (" (from this black box's classifier)" if embedding else "")
+            + (f" and {len(misfit)} tensors whose shapes differ" if misfit else "")
+        )
 
     def _wrap_ddp(self) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel as DDP
