@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from rtsal.cli._options import BlackBoxOption, CheckpointOption, PretrainedOption, WeightsOption
+from rtsal.serve.server import DEFAULT_MAX_UPLOAD_MB
 
 Method = Annotated[
     str,
@@ -22,6 +23,14 @@ Backend = Annotated[
 ]
 Host = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
+MaxUploadMB = Annotated[
+    float,
+    typer.Option(
+        envvar="RTSAL_MAX_UPLOAD_MB",
+        help="Largest file a client may upload, in megabytes (0: no limit); larger ones are "
+        "refused before rtsal reads them.",
+    ),
+]
 
 
 def serve(
@@ -34,6 +43,7 @@ def serve(
     port: Port = 7860,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = True,
+    max_upload_mb: MaxUploadMB = DEFAULT_MAX_UPLOAD_MB,
 ) -> None:
     """Serve the web demo: photos and the camera explained in the browser, top-5 classes, any
     class by name, the mask, overlay, box and the (image x mask, image x (1 - mask)) pair, the
@@ -50,6 +60,7 @@ def serve(
         port=port,
         weights=weights,
         pretrained=pretrained,
+        max_upload_mb=max_upload_mb,
     )
 
 
