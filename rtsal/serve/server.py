@@ -22,8 +22,8 @@ from rtsal.errors import RtsalError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-# Uploads above this are refused by Gradio's upload route (HTTP 413) before any of rtsal's code
-# runs: a 12-megapixel camera JPEG is 3-8 MB, a 10,000 x 10,000 PNG of a photo about 150 MB.
+# Megabytes a file: larger uploads are refused by Gradio's upload route (HTTP 413) before any of
+# rtsal's code runs. What a file may decode to is bounded apart, by RTSAL_MAX_PIXELS.
 DEFAULT_MAX_UPLOAD_MB = 20
 GRADIO_MISSING = "rtsal serve needs Gradio: pip install 'rtsal[serve]'"
 
