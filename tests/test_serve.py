@@ -90,6 +90,12 @@ def test_an_occupied_port_is_one_line():
     assert_one_line_error(run, f"cannot listen on 127.0.0.1:{port}", "--port")
 
 
+def test_a_negative_upload_limit_is_one_line():
+    run = run_main("serve", "--max-upload-mb", "-1", "--port", free_port())
+    assert run.code == 1
+    assert_one_line_error(run, "--max-upload-mb must be 0 (no limit) or more; got -1.0")
+
+
 def test_a_missing_checkpoint_is_one_line(tmp_path):
     run = run_main("serve", "--checkpoint", tmp_path / "nowhere", "--port", free_port())
     assert run.code == 1
