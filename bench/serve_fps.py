@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 from _markdown import write_section  # noqa: E402
 
-from tests.browser import WATCH_OVERLAYS, free_port, make_camera_file  # noqa: E402
+from tests.browser import WATCH_OVERLAYS, make_camera_file, start_server  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ENV = {
@@ -51,29 +50,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_TIMES = re.compile(r"model (\d+) ms, overlay (\d+) ms")
 
 
-def start_server(port: int, logs: Path, backend: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rtsal", "serve", "--port", str(port), "--backend", backend],
-        stdout=(logs / f"serve-{backend}.stdout").open("w"),
-        stderr=(logs / f"serve-{backend}.stderr").open("w"),
-        env={**os.environ, **ENV},
-        cwd=REPO,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            stderr = (logs / f"serve-{backend}.stderr").read_text()[-2000:]
-            raise SystemExit(f"rtsal serve --backend {backend} exited: {stderr}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                if answer.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("rtsal serve did not answer in 300 s")
+def start(logs: Path, backend: str) -> tuple[subprocess.Popen, str]:
+    """``rtsal serve --backend B`` (the shipped model), once its page answers."""
+    try:
+        return start_server(logs, "--backend", backend, env=ENV, name=f"serve-{backend}")
+    except RuntimeError as exc:
+        raise SystemExit(f"rtsal serve --backend {backend}: {exc}") from None
 
 
 def camera_frame(width: int, height: int) -> np.ndarray:
@@ -275,9 +257,9 @@ def main() -> None:
         os.environ[name] = value
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     backends = args.backends.split(",")
-    ports = {b: free_port() for b in backends}
-    servers = {b: start_server(ports[b], out, b) for b in backends}
-    urls = {b: f"http://127.0.0.1:{ports[b]}/" for b in backends}
+    started = {b: start(out, b) for b in backends}
+    servers = {b: proc for b, (proc, _) in started.items()}
+    urls = {b: url for b, (_, url) in started.items()}
     result: dict = {
         "command": "python bench/serve_fps.py "
         + " ".join(

@@ -2,7 +2,8 @@
 
 rtsal imports this file, calls ``build()`` with no arguments and wraps the ``nn.Module`` it
 returns. The module takes *normalised* input and returns logits; these optional attributes tell
-rtsal how to use it:
+rtsal how to use it, read from the returned module (here: class attributes of ``TinyCifarNet``)
+or, where it has none, from this file's top level:
 
     class_names   one name per output (default: class_0, class_1, ...)
     mean, std     per-channel normalisation rtsal applies to images in [0, 1]

@@ -1,12 +1,21 @@
-"""What the web demo's browser tests and ``bench/serve_fps.py`` share: a free port, a fake
-camera clip for Chromium, and the page script that records the overlays the camera tab shows."""
+"""What the web demo's tests and benchmarks (``bench/serve_fps.py``, ``bench/serve_load.py``)
+share: a server started on a free port, a fake camera clip for Chromium, and the page script that
+records the overlays the camera tab shows."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Run in the page: every new overlay image of the Camera tab (#live) is kept in
 # window.overlays as [time in ms, its URL].
@@ -25,6 +34,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_server(
+    logs: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    name: str = "serve",
+    timeout: float = 300,
+) -> tuple[subprocess.Popen, str]:
+    """``rtsal serve --port PORT ARGS`` in a process of its own, once its page answers: the
+    process and its URL. Its output goes to ``logs/NAME.stdout`` and ``logs/NAME.stderr``;
+    Ctrl-C (SIGINT) stops it even where this process ignores SIGINT."""
+    from tests.helpers import ctrl_c_stops
+
+    port = free_port()
+    out, err = logs / f"{name}.stdout", logs / f"{name}.stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rtsal", "serve", "--port", str(port), *args],
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+            cwd=REPO,
+            preexec_fn=ctrl_c_stops,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = err.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"rtsal serve exited with {proc.returncode}: {tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"rtsal serve did not answer in {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 def make_camera_file(path: Path, frame: np.ndarray, frames: int = 30) -> None:

@@ -4,6 +4,7 @@ checked against the explanation path ``rtsal explain`` uses (``explain_batch``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -209,6 +210,7 @@ def test_from_pretrained_refuses_what_is_not_a_checkpoint(tmp_path):
 
 SHAPE = r"inputs must have shape \(B, C, H, W\) with C = 3 for black box 'efficientnet_lite0'"
 RANGE = r"inputs must hold images in \[0, 1\] \(the black box normalises them itself\)"
+NON_FINITE = r"inputs must hold images in \[0, 1\]; got "
 
 
 @pytest.mark.parametrize(
@@ -221,6 +223,9 @@ RANGE = r"inputs must hold images in \[0, 1\] \(the black box normalises them it
         (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), r"float tensor in \[0, 1\]; got torch.uint8"),
         (torch.full((1, 3, 8, 8), -2.0), RANGE + "; got values from -2 to -2"),
         (torch.full((1, 3, 8, 8), 255.0), RANGE + "; got values from 255 to 255"),
+        (torch.full((1, 3, 8, 8), math.nan), NON_FINITE + "192 non-finite .* among 192"),
+        (torch.rand(2, 3, 8, 8).index_fill_(3, torch.tensor([5]), math.inf), NON_FINITE + "48 "),
+        (torch.rand(1, 3, 8, 8).index_fill_(2, torch.tensor([0]), -math.inf), NON_FINITE + "24 "),
         ([[0.5]], r"inputs must be a tensor \(B, C, H, W\); got list"),
     ],
 )
@@ -245,6 +250,17 @@ def test_attribute_refuses_wrong_inputs_in_one_line(explainer, inputs, message):
 def test_wrong_targets_are_one_line_errors(explainer, batch224, target, message):
     with pytest.raises(RtsalError, match=message):
         explainer.attribute(batch224, target)
+
+
+def test_a_nan_image_is_refused_by_every_call(explainer):
+    """All-NaN pixels used to come back as all-NaN masks with no word."""
+    nan = torch.full((3, 32, 32), math.nan)
+    with pytest.raises(RtsalError, match=r"images must hold .*3072 non-finite .* among 3072"):
+        explainer(nan)
+    with pytest.raises(RtsalError, match=r"images must hold .*6144 non-finite"):
+        explainer(torch.stack([nan, nan]))
+    with pytest.raises(RtsalError, match="non-finite"):
+        explainer.attribute(nan[None], TABBY)
 
 
 def test_calling_on_what_is_not_an_image_says_what_is(explainer, tmp_path):

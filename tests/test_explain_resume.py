@@ -174,6 +174,22 @@ def test_a_finished_folder_is_left_alone(photos, reference, tmp_path):
     assert_same_as(out, reference)
 
 
+def test_an_out_folder_inside_the_input_folder_resumes(photos, reference, tmp_path):
+    """`rtsal explain photos/ --out photos/out`, twice: the second run finds the same 12
+    images (not its own masks, overlays and pairs as 72 more) and has nothing to do."""
+    inside = tmp_path / "photos"
+    shutil.copytree(photos, inside)
+    out = inside / "out"
+    run = run_main(*explain_args(inside, out), env=LITE_PLUGIN)
+    assert run.code == 0, run.stderr
+    assert images(out) == images(reference) and len(records(out)) == 24
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    run = run_main(*explain_args(inside, out), env=LITE_PLUGIN)
+    assert run.code == 0, run.stderr
+    assert f"12 of 12 images already explained in {out}; nothing to do" in run.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
 def test_other_options_or_other_inputs_are_refused_in_one_line(photos, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)

@@ -102,6 +102,11 @@ def test_a_hub_id_missing_offline_is_one_line(hub_cache, tmp_path):
         "error: cannot get checkpoint hf:rtsal-test/absent from the Hugging Face Hub"
     )
     assert "not in the local Hugging Face cache" in run.error_lines[0]
+    # the Hub client's own message, whole (its last words say how to go online), on one line
+    with pytest.raises(Exception) as hub_error:
+        huggingface_hub.snapshot_download("rtsal-test/absent", allow_patterns=["*.json"])
+    whole = " ".join(str(hub_error.value).split())
+    assert len(whole) > 160 and f"({type(hub_error.value).__name__}: {whole})" in run.stderr
     with pytest.raises(RtsalError, match="a Hub checkpoint is hf:ORG/NAME"):
         split_hub_id("hf:no-slash")
 

@@ -10,7 +10,6 @@ mask from ``/explain``. Bad addresses, a missing checkpoint and a missing Gradio
 from __future__ import annotations
 
 import io
-import os
 import signal
 import socket
 import subprocess
@@ -23,12 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser import WATCH_OVERLAYS, free_port, make_camera_file
+from tests.browser import WATCH_OVERLAYS, free_port, make_camera_file, start_server
 from tests.helpers import (
     LITE_PLUGIN,
     REPO,
     assert_one_line_error,
-    ctrl_c_stops,
     lite_plugin_only,
     run_main,
     run_rtsal,
@@ -90,6 +88,12 @@ def test_an_occupied_port_is_one_line():
         run = run_main("serve", "--port", port, env=LITE_PLUGIN)
     assert run.code == 1
     assert_one_line_error(run, f"cannot listen on 127.0.0.1:{port}", "--port")
+
+
+def test_a_negative_upload_limit_is_one_line():
+    run = run_main("serve", "--max-upload-mb", "-1", "--port", free_port())
+    assert run.code == 1
+    assert_one_line_error(run, "--max-upload-mb must be 0 (no limit) or more; got -1.0")
 
 
 def test_a_missing_checkpoint_is_one_line(tmp_path):
@@ -187,43 +191,19 @@ def test_a_camera_frame_is_the_overlay_of_the_library_mask(demo, explainer, chel
 def server(tmp_path_factory):
     """``rtsal serve`` on a free port, until the module's tests are done; then Ctrl-C, which
     must stop it cleanly (exit code 0)."""
-    port = free_port()
     logs = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, **SERVER_ENV, "GRADIO_TEMP_DIR": str(logs / "gradio")}
-    with (logs / "stdout").open("w") as out, (logs / "stderr").open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rtsal", "serve", "--port", str(port)],
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=REPO,
-            preexec_fn=ctrl_c_stops,
-        )
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"rtsal serve exited with {proc.returncode}: {_read(logs / 'stderr')}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"rtsal serve did not answer: {_read(logs / 'stderr')}")
-            time.sleep(0.5)
-        yield url
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert code == 0, _read(logs / "stderr")
-    assert "Traceback" not in _read(logs / "stderr")
-    assert f"serving on {url.rstrip('/')}" in _read(logs / "stdout")
+    env = {**SERVER_ENV, "GRADIO_TEMP_DIR": str(logs / "gradio")}
+    proc, url = start_server(logs, env=env)
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert code == 0, _read(logs / "serve.stderr")
+    assert "Traceback" not in _read(logs / "serve.stderr")
+    assert f"serving on {url.rstrip('/')}" in _read(logs / "serve.stdout")
 
 
 def _read(path: Path) -> str:

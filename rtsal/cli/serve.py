@@ -15,6 +15,7 @@ from rtsal.cli._options import (
     TrustCodeOption,
     WeightsOption,
 )
+from rtsal.serve.server import DEFAULT_MAX_UPLOAD_MB
 
 Method = Annotated[
     str,
@@ -23,6 +24,14 @@ Method = Annotated[
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 Host = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")]
 Port = Annotated[int, typer.Option(help="Port to listen on.")]
+MaxUploadMB = Annotated[
+    float,
+    typer.Option(
+        envvar="RTSAL_MAX_UPLOAD_MB",
+        help="Largest file a client may upload, in megabytes (0: no limit); larger ones are "
+        "refused before rtsal reads them.",
+    ),
+]
 
 
 def serve(
@@ -35,6 +44,7 @@ def serve(
     port: Port = 7860,
     weights: WeightsOption = None,
     pretrained: PretrainedOption = True,
+    max_upload_mb: MaxUploadMB = DEFAULT_MAX_UPLOAD_MB,
     trust_code: TrustCodeOption = False,
     allow_other_black_box: AllowOtherBlackBoxOption = False,
 ) -> None:
@@ -53,6 +63,7 @@ def serve(
         port=port,
         weights=weights,
         pretrained=pretrained,
+        max_upload_mb=max_upload_mb,
         trust_code=trust_code,
         allow_other_black_box=allow_other_black_box,
     )

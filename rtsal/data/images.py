@@ -39,7 +39,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _too_big(path: Path, limit: int, what: str) -> str:
+def _too_big(path: str | Path, limit: int, what: str) -> str:
     return f"{path}: {what} exceeds the limit of {limit} pixels (set RTSAL_MAX_PIXELS to allow it)"
 
 
@@ -55,11 +55,14 @@ def _frame_count(im: Image.Image) -> int:
         return 1
 
 
-def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
+def load_image(path: str | Path, mode: str = "RGB", *, name: str | None = None) -> Image.Image:
     """Open ``path`` as an RGB (or ``"L"``) image, upright, or raise :class:`DataError`.
 
-    A file with several frames gives its first, with a warning saying so."""
+    The pixel limit (``RTSAL_MAX_PIXELS``) is checked on the header, before anything is
+    decoded. A file with several frames gives its first, with a warning saying so. Messages
+    name the file ``name`` (default: ``path``), e.g. an upload by the name its sender gave it."""
     path = Path(path)
+    shown = path if name is None else name
     limit = max_pixels()
     frames = 1
     try:
@@ -70,7 +73,7 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
             try:
                 with Image.open(path) as im:
                     if im.width * im.height > limit:
-                        raise DataError(_too_big(path, limit, f"{im.width}x{im.height} pixels"))
+                        raise DataError(_too_big(shown, limit, f"{im.width}x{im.height} pixels"))
                     frames = _frame_count(im)
                     im.load()
                     im = ImageOps.exif_transpose(im)
@@ -79,23 +82,23 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     except DataError:
         raise
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise DataError(f"{shown}: no such file") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a directory") from None
+        raise DataError(f"{shown}: is a directory") from None
     except PermissionError:
-        raise DataError(f"{path}: permission denied") from None
+        raise DataError(f"{shown}: permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(_too_big(path, limit, "the image")) from None
+        raise DataError(_too_big(shown, limit, "the image")) from None
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image file (or an unsupported format)") from None
+        raise DataError(f"{shown}: not an image file (or an unsupported format)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+        raise DataError(f"{shown}: corrupt or truncated image ({exc})") from None
     except Exception as exc:  # decoders raise a zoo of exception types on hostile bytes
-        raise DataError(f"{path}: cannot decode image ({type(exc).__name__})") from None
+        raise DataError(f"{shown}: cannot decode image ({type(exc).__name__})") from None
     if im.width < 1 or im.height < 1:
-        raise DataError(f"{path}: empty image")
+        raise DataError(f"{shown}: empty image")
     if frames > 1:
-        warnings.warn(f"{path}: {frames} frames; explaining the first", stacklevel=2)
+        warnings.warn(f"{shown}: {frames} frames; explaining the first", stacklevel=2)
     rgb = _to_rgb(im)
     return rgb.convert("L") if mode == "L" else rgb
 

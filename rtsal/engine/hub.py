@@ -54,16 +54,18 @@ def download_checkpoint(location: str) -> Path:
         try:
             return Path(snapshot_download(repo, local_files_only=True, **kwargs))
         except Exception:
-            why = _first_line(online_error)
+            why = _one_line(online_error)
             raise CheckpointError(
                 f"cannot get checkpoint {location} from the Hugging Face Hub ({why}), and it is "
                 "not in the local Hugging Face cache (HF_HUB_CACHE)"
             ) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+def _one_line(exc: BaseException) -> str:
+    """The error's whole message on one line: the Hub client's messages say what to do in
+    their last words (``set 'HF_HUB_OFFLINE=0'``), so they are never cut."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def local_checkpoint(location: str | Path) -> Path:
@@ -171,6 +173,6 @@ def push_to_hub(
             )
         except Exception as exc:
             raise RtsalError(
-                f"cannot upload to the Hugging Face Hub repository {repo_id} ({_first_line(exc)})"
+                f"cannot upload to the Hugging Face Hub repository {repo_id} ({_one_line(exc)})"
             ) from None
     return str(getattr(info, "commit_url", info))

@@ -673,6 +673,13 @@ class Explainer:
                 "by 255)"
             )
         if x.numel():
+            # NaN slips through the range check below (every comparison with it is false)
+            bad = int(x.numel() - torch.isfinite(x).sum())
+            if bad:
+                raise RtsalError(
+                    f"{name} must hold images in [0, 1]; got {bad} non-finite values (NaN or "
+                    f"infinity) among {x.numel()}"
+                )
             lo, hi = float(x.min()), float(x.max())
             if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
                 raise RtsalError(

@@ -37,6 +37,7 @@ from rtsal.inference.explainer import Explainer, Explanation, batched_by_size, s
 from rtsal.inference.manifest import (
     Finished,
     ManifestWriter,
+    holds_a_run,
     manifest_header,
     manifest_name,
     read_finished,
@@ -55,11 +56,20 @@ class InputItem:
     position: int = -1  # its place among all the images listed (-1: its place in the call)
 
 
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[str]]:
-    """Files, folders (recursively) and globs -> image items; missing inputs are reported."""
+def expand_inputs(
+    inputs: Sequence[str], out: str | Path | None = None
+) -> tuple[list[InputItem], list[str]]:
+    """Files, folders (recursively) and globs -> image items; missing inputs are reported.
+
+    rtsal's own outputs are not inputs: in the output folder ``out`` and in any folder holding
+    an ``rtsal explain`` manifest, the files named as :func:`output_files` names them (masks,
+    overlays, pairs) are left out of folders and globs, so that ``rtsal explain photos/ --out
+    photos/out`` run again finds the same images and resumes. A file named on its own is taken
+    as given."""
     items: list[InputItem] = []
     missing: list[str] = []
     seen: set[Path] = set()
+    is_output = _output_test(out)
 
     def add(p: Path, root: Path | None) -> None:
         rp = p.resolve()
@@ -74,13 +84,13 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[str]]:
         p = Path(spec).expanduser()
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not is_output(f):
                     add(f, p)
         elif p.is_file():
             add(p, None)
         elif any(ch in spec for ch in "*?["):
             hits = sorted(Path(h) for h in glob.glob(spec, recursive=True))
-            files = [h for h in hits if h.is_file() and is_image_path(h)]
+            files = [h for h in hits if h.is_file() and is_image_path(h) and not is_output(h)]
             if not files:
                 missing.append(f"{spec}: no image matches")
             for f in files:
@@ -97,6 +107,23 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputItem], list[str]]:
     return items, missing
 
 
+def _output_test(out: str | Path | None) -> Callable[[Path], bool]:
+    """Whether a file is one of rtsal's outputs: named as one, in ``out`` or in a folder that
+    holds a run's manifest (each folder looked at once)."""
+    out_dir = Path(out).expanduser().resolve() if out is not None else None
+    folders: dict[Path, bool] = {}
+
+    def is_output(f: Path) -> bool:
+        if not f.name.endswith(OUTPUT_SUFFIXES):
+            return False
+        folder = f.parent.resolve()
+        if folder not in folders:
+            folders[folder] = folder == out_dir or holds_a_run(folder)
+        return folders[folder]
+
+    return is_output
+
+
 @dataclass
 class ExplainSummary:
     explained: int = 0
@@ -110,6 +137,16 @@ def shared_slugs(class_names: Sequence[str]) -> set[str]:
     return {s for s, n in counts.items() if n > 1}
 
 
+# The files written for one image and class, by kind: how their names end.
+OUTPUT_KINDS = {
+    "mask": ".mask.png",
+    "overlay": ".overlay.jpg",
+    "pair": ".pair.jpg",
+    "npy": ".mask.npy",  # with --save-npy
+}
+OUTPUT_SUFFIXES = tuple(OUTPUT_KINDS.values())
+
+
 def output_files(
     out: Path, stem: str, e: Explanation, save_npy: bool, shared: set[str] | frozenset = frozenset()
 ) -> dict[str, str]:
@@ -118,14 +155,8 @@ def output_files(
     two classes write the same file."""
     name = slug(e.class_name)
     base = f"{stem}.{name}_{e.class_index}" if name in shared else f"{stem}.{name}"
-    files = {
-        "mask": out / f"{base}.mask.png",
-        "overlay": out / f"{base}.overlay.jpg",
-        "pair": out / f"{base}.pair.jpg",
-    }
-    if save_npy:
-        files["npy"] = out / f"{base}.mask.npy"
-    return {k: str(v) for k, v in files.items()}
+    kinds = [k for k in OUTPUT_KINDS if k != "npy" or save_npy]
+    return {k: str(out / f"{base}{OUTPUT_KINDS[k]}") for k in kinds}
 
 
 # Rows of the image drawn at a time for the overlay and the pair: their float working memory is
@@ -462,7 +493,7 @@ def explain_inputs(
         explainer = _explainer(black_box, weights, pretrained, explainer_options)
         wanted = explainer.resolver.resolve_many(classes) if classes else None
         return _explain_one_video(explainer, video, out, wanted, video_size, workers, progress)
-    items, missing = expand_inputs(inputs)
+    items, missing = expand_inputs(inputs, out)
     mine = [it for it in items if the_shard.owns(it.position, batch_size)]
     header = None
     done: set[int] = set()

@@ -26,6 +26,7 @@ folder all read the same way.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -175,6 +176,20 @@ class Finished:
 
 def manifests_in(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob(MANIFEST_GLOB) if p.is_file())
+
+
+def holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` is an ``rtsal explain`` output folder: a manifest of one is in it
+    (its first line read, not the whole journal)."""
+    for path in manifests_in(folder):
+        try:
+            with path.open("rb") as f:
+                header = json.loads(f.readline())
+        except (OSError, ValueError):
+            continue
+        if isinstance(header, dict) and header.get("rtsal") == KIND:
+            return True
+    return False
 
 
 def read_finished(

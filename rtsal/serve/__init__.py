@@ -1,6 +1,7 @@
 """``rtsal serve``: the web demo. A photo, or the browser's camera, explained as the user watches;
 built on :class:`rtsal.Explainer` alone (:mod:`rtsal.serve.app`, the page;
-:mod:`rtsal.serve.server`, serving it). Gradio is imported when the page is built, not before
+:mod:`rtsal.serve.server`, serving it; :mod:`rtsal.serve.uploads`, reading uploaded files and
+deleting them after use). Gradio is imported when the page is built, not before
 (``pip install 'rtsal[serve]'``); ``import rtsal.serve`` imports neither it nor torch."""
 
 from __future__ import annotations

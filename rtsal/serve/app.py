@@ -33,6 +33,7 @@ from rtsal.inference.visualize import overlay
 from rtsal.metrics.boxes import threshold_box
 from rtsal.registry.classes import normalise_class_name
 from rtsal.serve.server import GRADIO_MISSING
+from rtsal.serve.uploads import Uploads, read_upload, upload_path
 
 TOPK = 5
 PAPER_THRESHOLD = 0.5  # the paper's box: the tightest one around every pixel above 0.5
@@ -384,30 +385,56 @@ Drop a photo, pick an example or open the camera: the masking model (Dabkowski &
 shows what the black box looks at, for any class, in one forward pass."""
 
 
-def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = ()) -> Any:
+def build_app(
+    demo: SaliencyDemo,
+    *,
+    workdir: Path,
+    examples: Sequence[Path] = (),
+    uploads: Uploads | None = None,
+) -> Any:
     """The page (a ``gradio.Blocks``) for ``demo``: tabs Photo, Camera and Methods side by
     side, and the named API endpoints ``/explain`` (image, class name[, method]) -> (mask PNG,
-    numbers), ``/classes`` (query) -> matching classes and ``/live`` (the camera stream).
-    Masks offered for download are written under ``workdir``."""
+    numbers) and ``/classes`` (query) -> matching classes. The camera's stream serves the page
+    only: it is not offered as an API (``gradio_client`` cannot send a stream).
+
+    Uploaded photos reach the code unprocessed (``preprocess=False``) and are read by
+    :func:`~rtsal.serve.uploads.read_upload`, as ``rtsal explain`` reads files: a file that is
+    not an image, is broken or is above ``RTSAL_MAX_PIXELS`` (checked before decoding) is one
+    line to the caller, and so is an unknown class or method; none prints a traceback in the
+    server's log. A file sent to ``/explain`` is deleted once explained (``uploads``, which
+    counts what was uploaded); a photo on the page stays while the page shows it (Gradio's
+    sweep deletes it after :data:`CACHE_CLEANUP`). Masks offered for download are written
+    under ``workdir``."""
     gr = _gradio()
     choices = demo.choices()
     method_choices = [(method_label(m), m) for m in demo.compared]
     downloads = workdir / "masks"
 
+    def refused(exc: RtsalError) -> Exception:
+        """One line to the caller and none in the log: a user's mistake, not the server's."""
+        return gr.Error(str(exc), print_exception=False)
+
     def resolve(selector: Any) -> int | None:
         try:
             return demo.class_index(selector)
         except RtsalError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refused(exc) from None
 
-    def explain_photo(image, selector, method, threshold):
-        if image is None:
+    def read(payload: Any) -> Image.Image:
+        try:
+            return read_upload(payload)
+        except RtsalError as exc:
+            raise refused(exc) from None
+
+    def explain_photo(payload, selector, method, threshold):
+        if upload_path(payload) is None:
             empty = gr.Image(value=None)
             return {}, "", None, None, empty, empty, gr.DownloadButton(value=None), None
+        image = read(payload)
         try:
             result = demo.explain(image, resolve(selector), method)
         except RtsalError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refused(exc) from None
         e = result.explanation
         kept, removed = pair_pictures(result.image, e.mask)
         mask = mask_picture(e.mask)
@@ -432,11 +459,11 @@ def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = (
         picture = overlay_picture(result.image, result.mask, threshold)
         return picture, summary_markdown(result, threshold)
 
-    def compare(image, selector):
-        if image is None:
+    def compare(payload, selector):
+        if upload_path(payload) is None:
             return [None, ""] * len(demo.compared)
         out: list[Any] = []
-        for method, result in demo.compare(image, resolve(selector)):
+        for method, result in demo.compare(read(payload), resolve(selector)):
             if isinstance(result, str):
                 out += [None, f"**{method_label(method)}**: {result}"]
                 continue
@@ -470,15 +497,19 @@ def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = (
         )
         return f.overlay, info, rate
 
-    def explain_api(image, class_name, method):
+    def explain_api(payload, class_name, method):
         """(image, class name) -> (mask PNG, numbers). An empty class name explains the top-1
-        class; method defaults to the server's."""
-        if image is None:
-            raise gr.Error("no image")
+        class; method defaults to the server's. The uploaded file is deleted once used."""
+        if upload_path(payload) is None:
+            raise gr.Error("no image", print_exception=False)
         try:
+            image = read_upload(payload)
             result = demo.explain(image, resolve(class_name), method or demo.method)
         except RtsalError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refused(exc) from None
+        finally:
+            if uploads is not None:
+                uploads.release(upload_path(payload))
         numbers = result.numbers()
         numbers["top5"] = [
             {"class_index": i, "class_name": demo.labels[i], "p": p} for i, p in result.top
@@ -502,7 +533,7 @@ def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = (
                 with gr.Row():
                     with gr.Column(scale=2):
                         photo = gr.Image(
-                            type="pil",
+                            type="filepath",  # unused: its events take the file unprocessed
                             sources=["upload", "clipboard"],
                             label="Photo",
                             elem_id="photo",
@@ -604,7 +635,7 @@ def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = (
                             )
                             compared.append(gr.Markdown(elem_id=f"compare-{m}-numbers"))
         with gr.Row(visible=False):  # the API's own inputs and outputs
-            api_image = gr.Image(type="pil", label="image")
+            api_image = gr.Image(type="filepath", label="image")  # read by read_upload
             api_class = gr.Textbox(label="class_name", value="")
             api_method = gr.Textbox(label="method", value=demo.method)
             api_mask = gr.Image(format="png", label="mask")
@@ -622,6 +653,7 @@ def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = (
             outputs=[*photo_outputs, result],
             trigger_mode="always_last",
             api_visibility="private",
+            preprocess=False,  # the photo is read by rtsal (read_upload), not decoded by Gradio
         )
         threshold.change(
             redraw,
@@ -637,6 +669,7 @@ def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = (
             inputs=[photo, picker],
             outputs=compared,
             api_visibility="private",
+            preprocess=False,
         )
         camera.stream(
             live,
@@ -646,13 +679,14 @@ def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = (
             time_limit=None,
             concurrency_limit=1,
             show_progress="hidden",
-            api_name="live",
+            api_visibility="private",  # the page's camera only: gradio_client cannot stream
         )
         api_explain.click(
             explain_api,
             inputs=[api_image, api_class, api_method],
             outputs=[api_mask, api_numbers],
             api_name="explain",
+            preprocess=False,
         )
         api_search.click(classes_api, inputs=[api_query], outputs=[api_matches], api_name="classes")
     return app

@@ -1,9 +1,11 @@
 """User code as a black box: ``path/to/file.py:factory`` or ``package.module:factory``.
 
 The factory takes no required arguments and returns either a :class:`rtsal.BlackBox` or a plain
-``nn.Module``; a plain module may carry ``class_names``, ``mean``, ``std`` and ``input_size``
-attributes (defaults: identity normalisation, with a warning; 224 px; names ``class_0``...).
-A ``module:factory`` is looked up on the path and, failing that, in the current folder.
+``nn.Module``. For a plain module, each of ``class_names``, ``mean``, ``std``, ``input_size`` and
+``interpolation`` is read from the module's own attribute or, where it has none, from the top
+level of the factory's file or Python module (defaults: identity normalisation, with a warning;
+224 px; names ``class_0``...). A ``module:factory`` is looked up on the path and, failing that,
+in the current folder.
 Importing this plugin module is cheap: torch is imported when a black box is built.
 """
 
@@ -15,7 +17,9 @@ import importlib.util
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from rtsal.errors import RtsalError
@@ -62,23 +66,63 @@ def _import_target(target: str):
         raise RtsalError(f"importing {target} failed: {type(exc).__name__}: {exc}") from None
 
 
-def wrap_module(net: nn.Module, name: str, provider: str = "user") -> BlackBox:
-    """Turn a plain classifier module into a black box, reading optional metadata attributes."""
+def _is_numbers(value: object) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )
+
+
+def _is_size(value: object) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return _is_numbers(value) and len(value) in (2, 3) and all(isinstance(v, int) for v in value)
+
+
+# The optional metadata of a plain module, and what a value of each looks like.
+METADATA: dict[str, Callable[[object], bool]] = {
+    "class_names": lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v),
+    "mean": _is_numbers,
+    "std": _is_numbers,
+    "input_size": _is_size,
+    "interpolation": lambda v: isinstance(v, str),
+}
+
+
+def module_metadata(net: nn.Module, home: ModuleType | None = None) -> dict[str, object]:
+    """The optional metadata of ``net``: each attribute of :data:`METADATA` it carries or,
+    where it has none, the one at the top level of ``home`` (the factory's file or module),
+    which users write beside the factory. A top-level name holding something else (``from
+    statistics import mean``) is not metadata and is left alone."""
+    found: dict[str, object] = {}
+    for key, looks_right in METADATA.items():
+        if hasattr(net, key):
+            found[key] = getattr(net, key)
+        elif home is not None and looks_right(value := getattr(home, key, None)):
+            found[key] = value
+    return found
+
+
+def wrap_module(
+    net: nn.Module, name: str, provider: str = "user", home: ModuleType | None = None
+) -> BlackBox:
+    """Turn a plain classifier module into a black box, reading its optional metadata
+    (:func:`module_metadata`: on ``net``, else at the top level of ``home``)."""
     import torch
 
     from rtsal.registry.blackbox import BlackBox
 
-    if not hasattr(net, "mean") or not hasattr(net, "std"):
+    meta = module_metadata(net, home)
+    if "mean" not in meta or "std" not in meta:
         warnings.warn(
             f"black box {name} has no mean/std attributes: images reach it in [0, 1], "
-            "unnormalised (give the module mean and std, or return a BlackBox)",
+            "unnormalised (give the module or its file mean and std, or return a BlackBox)",
             stacklevel=2,
         )
-    mean = tuple(getattr(net, "mean", (0.0, 0.0, 0.0)))
-    std = tuple(getattr(net, "std", (1.0,) * len(mean)))
-    size = getattr(net, "input_size", 224)
+    mean = tuple(meta.get("mean", (0.0, 0.0, 0.0)))
+    std = tuple(meta.get("std", (1.0,) * len(mean)))
+    size = meta.get("input_size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
-    class_names = getattr(net, "class_names", None)
+    class_names = meta.get("class_names")
     if class_names is None:
         with torch.no_grad():
             out = net.eval()(torch.zeros(1, len(mean), *size))
@@ -90,7 +134,7 @@ def wrap_module(net: nn.Module, name: str, provider: str = "user") -> BlackBox:
         mean=mean,
         std=std,
         input_size=size,
-        interpolation=getattr(net, "interpolation", "bilinear"),
+        interpolation=meta.get("interpolation", "bilinear"),
         provider=provider,
         source=name,
     )
@@ -122,7 +166,7 @@ def user_black_box(spec: str, *, weights: str | None = None, **options: object) 
         made.name = made.name or spec
         box = made
     elif isinstance(made, nn.Module):
-        box = wrap_module(made, spec)
+        box = wrap_module(made, spec, home=module)
     else:
         raise RtsalError(f"{spec} returned {type(made).__name__}, not a BlackBox or nn.Module")
     if weights:
