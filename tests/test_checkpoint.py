@@ -190,3 +190,54 @@ def test_meta_path_may_be_the_json_file(saved):
     path, model, box = saved
     loaded, _, _ = load_masker(path / META_NAME, black_box=box)
     assert loaded.config == model.config
+
+
+def test_another_network_of_the_same_classes_is_refused_by_its_fingerprint(saved):
+    """Same classes and preprocessing, other weights (another training run of the network):
+    refused in one line naming both, unless the user overrides it explicitly."""
+    path, model, box = saved
+    torch.manual_seed(123)
+    other = make_box(name="tiny-retrained")  # TinyNet again: same architecture, new weights
+    assert other.fingerprint()["architecture"] == box.fingerprint()["architecture"]
+    assert other.fingerprint()["head"] != box.fingerprint()["head"]
+    with pytest.raises(CheckpointError) as err:
+        load_masker(path, black_box=other)
+    msg = str(err.value)
+    assert "'tiny'" in msg and "'tiny-retrained'" in msg and "output layer" in msg
+    assert "--allow-other-black-box" in msg and "\n" not in msg
+    loaded, _, _ = load_masker(path, black_box=other, allow_other_black_box=True)
+    assert loaded.config == model.config
+    assert json.loads((path / META_NAME).read_text())["black_box"]["fingerprint"] == (
+        box.fingerprint()
+    )
+
+
+def test_another_architecture_is_refused_by_its_fingerprint(saved):
+    path, _, box = saved
+
+    class WiderNet(TinyNet):
+        def __init__(self, num_classes):
+            super().__init__(num_classes)
+            self.conv = nn.Conv2d(3, 4, 5, padding=2)
+
+    wider = BlackBox(
+        WiderNet(5), name="wider", class_names=box.class_names, mean=box.mean_values,
+        std=box.std_values, input_size=box.input_size,
+    )  # fmt: skip
+    wider.network.fc.load_state_dict(box.network.fc.state_dict())  # the same output layer
+    with pytest.raises(CheckpointError, match="differs in its architecture"):
+        load_masker(path, black_box=wider)
+
+
+def test_the_fingerprint_is_the_output_layer_hashed_as_float32():
+    box = make_box()
+    same = make_box()
+    same.network.load_state_dict(box.network.state_dict())
+    assert same.fingerprint() == box.fingerprint()
+    half = make_box()
+    half.network.load_state_dict(box.network.state_dict())
+    half.network.fc.half()
+    with torch.no_grad():  # float16 weights that are float32's rounded: another head
+        assert half.fingerprint()["head"] != box.fingerprint()["head"]
+    count = sum(p.numel() for p in box.network.parameters())
+    assert box.fingerprint()["architecture"] == f"TinyNet/{count}"

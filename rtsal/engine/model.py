@@ -244,7 +244,10 @@ class UpsamplerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # (B, c_out, 2h, 2w)
-        if x.shape[-2:] != skip.shape[-2:]:  # odd input sizes
+        # odd input sizes (260 px: 9 -> 18 against a skip of 17); a traced (exported) graph
+        # resizes always, as the sizes are not known when it is made (at equal sizes the resize
+        # is the identity)
+        if x.shape[-2:] != skip.shape[-2:] or torch.jit.is_tracing():
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.blocks(torch.cat([x, skip], dim=1))
 

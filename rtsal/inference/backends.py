@@ -31,6 +31,8 @@ from rtsal.errors import RtsalError
 from rtsal.registry.methods import check_method_output
 
 BACKENDS = ("auto", "pytorch", "onnxruntime")
+# Bumped when what the exporter writes changes, so that cached exports are made anew.
+EXPORT_REVISION = 2  # 2: the decoder resizes to its skip connections' sizes (any input size)
 
 
 def _log_probabilities(probs: torch.Tensor) -> torch.Tensor:
@@ -137,7 +139,7 @@ def cached_export_path(checkpoint: Path, cache: Path | None = None) -> Path:
     meta = checkpoint / META_NAME
     if not meta.is_file():
         raise RtsalError(f"{checkpoint}: not a masking-model checkpoint (no {META_NAME})")
-    digest = hashlib.sha256(f"{__version__} {torch.__version__}".encode())
+    digest = hashlib.sha256(f"{__version__} {torch.__version__} {EXPORT_REVISION}".encode())
     for f in sorted(p for p in checkpoint.iterdir() if p.is_file() and not p.name.startswith(".")):
         digest.update(f.name.encode())
         digest.update(f.read_bytes())

@@ -216,9 +216,8 @@ def _export_size(wrapper: ExportableMasker, size: int | Sequence[int] | None) ->
         h, w = int(size[0]), int(size[-1])
     else:
         raise ExportError(f"export size is H,W or S, got {tuple(size)}")
-    m = wrapper.size_multiple
-    if h <= 0 or w <= 0 or h % m or w % m:
-        raise ExportError(f"export size must be positive multiples of {m}, got {h}x{w}")
+    if h <= 0 or w <= 0:
+        raise ExportError(f"export size must be positive, got {h}x{w}")
     return h, w
 
 
