@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 
 def classify(pred, boxes) -> str:
-    from rtsal.metrics.saliency import box_area, box_iou
+    from rtsal.boxes import box_area, box_iou
 
     if pred is None:
         return "empty"

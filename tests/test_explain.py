@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from rtsal.data.images import fit_size
-from rtsal.metrics.boxes import threshold_box
 from tests.helpers import (
     LITE_PLUGIN,
     assert_one_line_error,
@@ -236,15 +235,6 @@ def test_usage_errors_exit_2_before_any_model_is_loaded(tmp_path):
     assert run.code == 2 and "one video at a time" in run.stderr
     run = run_main("explain", tmp_path, "--topk", "0")
     assert run.code == 2 and "--topk must be at least 1" in run.stderr
-
-
-def test_threshold_box_by_hand():
-    m = torch.zeros(6, 8)
-    assert threshold_box(m) is None
-    m[1, 2] = 0.9
-    m[4, 5] = 0.6
-    m[3, 7] = 0.5  # not above 0.5
-    assert threshold_box(m) == (2, 1, 6, 5)
 
 
 def test_fit_size_keeps_aspect_on_the_stride():

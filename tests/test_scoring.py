@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.inference.explainer import Explanation, threshold_box
+from rtsal.boxes import mask_box
+from rtsal.inference.explainer import Explanation
 from rtsal.metrics.scoring import (
     Sample,
     SampleSource,
@@ -94,7 +95,7 @@ class StubExplainer:
                     p_preserved=0.25,
                     p_destroyed=0.75,
                     area=float(self.mask.mean()),
-                    box=threshold_box(self.mask),
+                    box=mask_box(self.mask),
                 )
             ]
             for c in classes

@@ -12,7 +12,8 @@ Two protocols, both "ground-truth class known" (the mask explains the annotated 
   the maximum over thresholds. V1 counts IoU >= 0.5; V2 averages the maxima at IoU >= 0.3, 0.5
   and 0.7 and matches the best box among all components.
 
-Boxes are rtsal's ``Box = (x0, y0, x1, y1)``: 0-based pixel indices, x1 and y1 exclusive.
+Boxes are rtsal's ``Box = (x0, y0, x1, y1)``: 0-based pixel indices, x1 and y1 exclusive; a
+mask's box is :func:`rtsal.boxes.mask_box` (``largest=True`` for MaxBoxAcc's component).
 The readers below turn Pascal VOC / ImageNet XML, COCO JSON and a plain CSV into
 ``{image file name: [(class name, Box), ...]}`` and raise ``DataError`` on malformed input.
 """
@@ -30,36 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
+from rtsal.boxes import Box, box_iou, component_boxes, mask_array
 from rtsal.errors import DataError
-from rtsal.metrics.boxes import threshold_box
-from rtsal.metrics.saliency import Box, box_iou, mask_array
 
 Annotations = dict[str, list[tuple[str, Box]]]
 
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-
 # --------------------------------------------------------------------------- the paper's protocol
-
-
-def mask_box(mask: torch.Tensor | np.ndarray, threshold: float = 0.5) -> Box | None:
-    """The tightest box around all pixels of one mask ((H, W) or (1, H, W)) above
-    ``threshold``; None when there are none."""
-    return threshold_box(torch.as_tensor(_map32(mask)), threshold)
-
-
-def mask_boxes(
-    masks: Iterable[torch.Tensor | np.ndarray], threshold: float = 0.5
-) -> list[Box | None]:
-    """:func:`mask_box` of each mask; a batch (B, 1, H, W) iterates as B masks."""
-    return [mask_box(m, threshold) for m in masks]
-
-
-def _map32(mask: torch.Tensor | np.ndarray) -> np.ndarray:
-    # thresholds are compared in float32, the precision of rtsal's masks, so that a mask value
-    # written as 0.6 is not "above" the threshold 0.6
-    return mask_array(mask).astype(np.float32)
 
 
 def _check_lengths(pred: Sequence[Any], gt: Sequence[Sequence[Box]]) -> None:
@@ -139,33 +117,6 @@ def localisation_error(
 # --------------------------------------------------------------------------- MaxBoxAcc
 
 
-def _component_slices(on: np.ndarray) -> tuple[list[tuple[slice, slice]], np.ndarray]:
-    labels, n = ndimage.label(on, structure=_EIGHT_CONNECTED)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    return ndimage.find_objects(labels), sizes
-
-
-def _slice_box(s: tuple[slice, slice]) -> Box:
-    return s[1].start, s[0].start, s[1].stop, s[0].stop
-
-
-def component_boxes(mask: torch.Tensor | np.ndarray, threshold: float) -> list[Box]:
-    """Boxes of the 8-connected components of ``mask > threshold``, largest first (pixel count;
-    ties in label order, i.e. by first pixel in raster order)."""
-    slices, sizes = _component_slices(_map32(mask) > np.float32(threshold))
-    order = np.argsort(-sizes, kind="stable")
-    return [_slice_box(slices[i]) for i in order]
-
-
-def largest_component_box(mask: torch.Tensor | np.ndarray, threshold: float) -> Box | None:
-    """Tightest box around the largest 8-connected component of ``mask > threshold``; None if
-    no pixel is above the threshold."""
-    slices, sizes = _component_slices(_map32(mask) > np.float32(threshold))
-    if len(slices) == 0:
-        return None
-    return _slice_box(slices[int(np.argmax(sizes))])
-
-
 def threshold_grid(step: float = 0.01) -> np.ndarray:
     """``0, step, 2 step, ...`` below 1, as wsolevaluation's ``np.arange(0, 1, step)``."""
     n = math.ceil(1.0 / step - 1e-9)
@@ -229,14 +180,14 @@ def max_box_hits(
     bool. The box is the largest 8-connected component's, or with ``all_components`` the best
     of all components'. No pixel above τ is wrong. The mask is thresholded as given (in float32):
     normalise it first (:func:`normalize_map`) for the protocol."""
-    m = _map32(mask)
+    m = mask_array(mask, np.float32)
     hits = np.zeros((len(iou_thresholds), len(thresholds)), dtype=bool)
     for j, tau in enumerate(thresholds):
-        slices, sizes = _component_slices(m > np.float32(tau))
-        if not slices:
+        boxes = component_boxes(m, tau)  # largest first
+        if not boxes:
             continue
-        chosen = slices if all_components else [slices[int(np.argmax(sizes))]]
-        iou = max(box_iou(_slice_box(s), g) for s in chosen for g in gt_boxes)
+        chosen = boxes if all_components else boxes[:1]
+        iou = max(box_iou(b, g) for b in chosen for g in gt_boxes)
         hits[:, j] = [iou >= delta for delta in iou_thresholds]
     return hits
 

@@ -7,7 +7,7 @@ its module (one image at a time, so a pass needs no more memory than one image):
 
 - ``localization``: the paper's localisation error (threshold 0.5, tightest box around all pixels
   above it, correct when IoU > 0.5 with any ground-truth box of the class) and MaxBoxAcc V1 / V2
-  over mask thresholds 0, 0.01, ..., 0.99 (:func:`rtsal.metrics.localization.mask_box`,
+  over mask thresholds 0, 0.01, ..., 0.99 (:func:`rtsal.boxes.mask_box`,
   :class:`~rtsal.metrics.localization.LocalisationError`,
   :class:`~rtsal.metrics.localization.MaxBoxAccuracy`);
 - ``saliency``: the paper's saliency metric (crop the 0.5-threshold box, resize to the black
@@ -58,8 +58,8 @@ from rtsal.errors import DataError, RtsalError
 if TYPE_CHECKING:  # torch and numpy are imported when something is scored, not by the CLI
     import numpy as np
 
+    from rtsal.boxes import Box
     from rtsal.metrics.pixel import PixelMetrics
-    from rtsal.metrics.saliency import Box
 
 METRICS = ("localization", "saliency", "pointing", "deletion", "insertion", "pixel")
 NEEDS_BOXES = {"localization", "pointing"}
@@ -695,7 +695,8 @@ class _MethodScorer:
     def _localization(
         self, mask: Any, boxes: Sequence[Box], state: dict[str, Any]
     ) -> dict[str, Any]:
-        from rtsal.metrics.localization import best_iou, localisation_hit, mask_box
+        from rtsal.boxes import mask_box
+        from rtsal.metrics.localization import best_iou, localisation_hit
 
         pred = mask_box(mask, 0.5)
         state["max_box_hits"] = _bits(self.max_box.update(mask, boxes))
@@ -707,8 +708,9 @@ class _MethodScorer:
         }
 
     def _saliency(self, im: Any, e: Any, s: Sample) -> dict[str, Any]:
+        from rtsal.boxes import salient_box
         from rtsal.data.images import pil_to_tensor
-        from rtsal.metrics.saliency import saliency_metric, salient_box
+        from rtsal.metrics.saliency import saliency_metric
 
         box = self.explainer.black_box
         sm = saliency_metric(box, pil_to_tensor(im), salient_box(e.mask), s.label)
@@ -850,7 +852,7 @@ def _box_explanation(explainer: Any, im: Any, e: Any, boxes: Sequence[Box]) -> A
     import torch
     import torch.nn.functional as F
 
-    from rtsal.metrics.boxes import threshold_box
+    from rtsal.boxes import mask_box
 
     box = explainer.black_box
     dev = box.mean.device
@@ -868,7 +870,7 @@ def _box_explanation(explainer: Any, im: Any, e: Any, boxes: Sequence[Box]) -> A
             p_preserved=p[0],
             p_destroyed=p[1],
             area=float(mask.mean()),
-            box=threshold_box(mask),
+            box=mask_box(mask),
         )
 
 

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from rtsal.boxes import mask_box
 from rtsal.data.images import pil_to_tensor, tensor_to_pil
 from rtsal.errors import RtsalError
 from rtsal.inference.explainer import Explainer, Explanation, mask_at_size, slug
 from rtsal.inference.video import overlay_frame
 from rtsal.inference.visualize import overlay
-from rtsal.metrics.boxes import threshold_box
 from rtsal.registry.classes import normalise_class_name
 from rtsal.serve.server import GRADIO_MISSING
 
@@ -103,7 +103,7 @@ class PhotoExplanation:
     def numbers(self, threshold: float = PAPER_THRESHOLD) -> dict[str, Any]:
         """What the page prints and ``/explain`` returns beside the mask."""
         e = self.explanation
-        box = threshold_box(e.mask, threshold)
+        box = mask_box(e.mask, threshold)
         return {
             "class_index": e.class_index,
             "class_name": e.class_name,
@@ -321,7 +321,7 @@ def overlay_picture(
     """The heat-map overlay of ``rtsal explain`` with the box around the pixels above
     ``threshold`` (none if no pixel is above it)."""
     picture = overlay(pil_to_tensor(image.convert("RGB")), mask[None])
-    box = threshold_box(mask, threshold)
+    box = mask_box(mask, threshold)
     if box is not None:
         x0, y0, x1, y1 = box
         width = max(2, min(picture.size) // 150)

@@ -42,9 +42,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from rtsal.boxes import Box, mask_box
 from rtsal.engine._rng import mix
 from rtsal.errors import RtsalError, UnknownNameError
-from rtsal.metrics.saliency import Box
 
 GENERATOR = "rtsal.tools.canvas"
 GENERATOR_VERSION = 1
@@ -144,12 +144,6 @@ def canvas_id(split: str, index: int, count: int) -> str:
     """``train-000123``: at least six digits, more when the split is larger."""
     width = max(6, len(str(max(count - 1, 0))))
     return f"{split}-{index:0{width}d}"
-
-
-def mask_box(mask: np.ndarray) -> Box:
-    """Tight box (x0, y0, x1, y1), exclusive ends, of the true pixels of a non-empty mask."""
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def _split_code(split: str) -> int:
