@@ -208,7 +208,7 @@ def test_missing_input_and_checkpoint(checkpoint, tmp_path):
 def test_explain_inputs_is_the_command_as_a_function(checkpoint, photos, tmp_path):
     """The library call behind `rtsal explain`: records and errors as they come, missing and
     unreadable inputs counted, the contact sheet written."""
-    from rtsal.inference.files import explain_inputs
+    from rtsal.runs.explain import explain_inputs
 
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     records: list[dict] = []
@@ -278,7 +278,7 @@ def test_files_in_turn_or_pipelined_match_one_by_one_explanations(checkpoint, tm
     """In turn, or with a reader thread and a writer pool: records in input order, the bad file
     reported in its place, masks equal to explaining each image alone, every file written."""
     from rtsal.inference.explainer import Explainer
-    from rtsal.inference.files import expand_inputs, explain_files
+    from rtsal.runs.explain import expand_inputs, explain_files
 
     src = tmp_path / "in"
     src.mkdir()

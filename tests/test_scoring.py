@@ -14,7 +14,8 @@ from PIL import Image
 
 from rtsal.boxes import mask_box
 from rtsal.inference.explainer import Explanation
-from rtsal.metrics.scoring import (
+from rtsal.registry.classes import ClassResolver
+from rtsal.runs.scoring import (
     Sample,
     SampleSource,
     ScoringOptions,
@@ -25,7 +26,6 @@ from rtsal.metrics.scoring import (
     score_method,
     spread,
 )
-from rtsal.registry.classes import ClassResolver
 from tests.helpers import LITE_PLUGIN, assert_one_line_error
 from tests.helpers import run_main as _run_main
 from tests.helpers import run_rtsal as _run

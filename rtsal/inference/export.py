@@ -263,7 +263,7 @@ def describe(
 
 
 def _write_sidecar(path: Path, description: dict[str, Any]) -> Path:
-    from rtsal.engine.checkpoint import atomic_write_bytes
+    from rtsal.files import atomic_write_bytes
 
     side = sidecar_path(path)
     atomic_write_bytes(side, (json.dumps(description, indent=2) + "\n").encode())

@@ -254,7 +254,7 @@ def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
         split_folder,
     )
     from rtsal.device import resolve_device
-    from rtsal.engine.checkpoint import prepare_out_dir
+    from rtsal.files import prepare_out_dir
     from rtsal.registry.classes import ClassResolver
 
     named = DataSpec(cfg.data).named

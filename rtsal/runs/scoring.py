@@ -45,15 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rtsal.engine.journal import (
-    Shard,
-    atomic_lines,
-    choose_shard,
-    fingerprint,
-    first_difference,
-    process_device,
-)
 from rtsal.errors import DataError, RtsalError
+from rtsal.files import atomic_lines, prepare_out_dir, remove_temporaries
+from rtsal.runs.journal import fingerprint, first_difference
+from rtsal.runs.shards import Shard, choose_shard
 
 if TYPE_CHECKING:  # torch and numpy are imported when something is scored, not by the CLI
     import numpy as np
@@ -297,8 +292,6 @@ def run_scoring(
 ) -> ScoringResult:
     """Explain the images of ``source`` with ``options.method`` and score them (``rtsal
     metric``); ``progress`` is a Rich ``Progress`` to advance, if any."""
-    from rtsal.engine.checkpoint import prepare_out_dir
-
     metrics = set(options.metrics)
     if "pixel" in metrics and source.pixel_masks is None:
         raise RtsalError("the pixel metrics need ground-truth masks: give --pixel-masks DIR")
@@ -340,6 +333,7 @@ def run_scoring(
 
 
 def _explainer(options: ScoringOptions) -> Any:
+    from rtsal.device import process_device
     from rtsal.inference.blackbox_options import chosen_black_box
     from rtsal.inference.explainer import Explainer
 
@@ -429,8 +423,6 @@ def write_scores(
     import csv
     import json
 
-    from rtsal.engine.journal import remove_temporaries
-
     path = out_dir / records_name(header)
     remove_temporaries(out_dir, lambda name: name == path.name)  # a killed run's
     with atomic_lines(path) as f:
@@ -490,7 +482,7 @@ def collect_scores(folders: Sequence[Path]) -> list[MergedScores]:
     before anything is written)."""
     import json
 
-    from rtsal.engine.journal import read_journal
+    from rtsal.runs.journal import read_journal
 
     groups: dict[tuple[str, str], list[tuple[Path, dict[str, Any], list[Any]]]] = {}
     for folder in folders:
