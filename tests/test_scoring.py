@@ -14,14 +14,13 @@ from PIL import Image
 
 from rtsal.boxes import mask_box
 from rtsal.inference.explainer import Explanation
+from rtsal.metrics.scoring import Sample, parse_metrics
 from rtsal.registry.classes import ClassResolver
 from rtsal.runs.scoring import (
-    Sample,
     SampleSource,
     ScoringOptions,
     annotated_samples,
     load_samples,
-    parse_metrics,
     read_class_map,
     score_method,
     spread,

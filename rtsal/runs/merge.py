@@ -14,7 +14,7 @@ from rtsal.errors import RtsalError
 from rtsal.files import atomic_lines, link_or_copy, remove_temporaries
 from rtsal.runs.manifest import Finished, manifest_name, read_finished, running_manifests
 from rtsal.runs.outputs import VIEW_FILES, write_finished
-from rtsal.runs.scoring import MergedScores, collect_scores
+from rtsal.runs.records import MergedScores, collect_scores
 from rtsal.runs.shards import Shard, choose_shard
 
 

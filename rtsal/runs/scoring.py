@@ -1,44 +1,19 @@
-"""Every evaluation of a method in one pass over the images: the engine behind ``rtsal localize``
-and ``rtsal metric``.
-
-Each image is explained once (for its ground-truth class) and the mask, at the image's own
-resolution, is scored by the metrics asked for, each by the tested function or accumulator of
-its module (one image at a time, so a pass needs no more memory than one image):
-
-- ``localization``: the paper's localisation error (threshold 0.5, tightest box around all pixels
-  above it, correct when IoU > 0.5 with any ground-truth box of the class) and MaxBoxAcc V1 / V2
-  over mask thresholds 0, 0.01, ..., 0.99 (:func:`rtsal.boxes.mask_box`,
-  :class:`~rtsal.metrics.localization.LocalisationError`,
-  :class:`~rtsal.metrics.localization.MaxBoxAccuracy`);
-- ``saliency``: the paper's saliency metric (crop the 0.5-threshold box, resize to the black
-  box's input ignoring aspect, ``log(max(a, 0.05)) - log(p)``;
-  :func:`rtsal.metrics.saliency.saliency_metric`), with the probabilities on image x mask and
-  image x (1 - mask) and the mask area for the true class and for a seeded absent class;
-- ``pointing``: the pointing game, 15 px tolerance
-  (:class:`rtsal.metrics.faithfulness.PointingGame`);
-- ``deletion`` / ``insertion``: RISE's causal curves at the black box's resolution
-  (:func:`rtsal.metrics.faithfulness.deletion_curve`,
-  :func:`~rtsal.metrics.faithfulness.insertion_curve`);
-- ``pixel``: precision-recall over 256 thresholds, max F_beta (beta^2 = 0.3) and MAE against pixel
-  masks (:class:`rtsal.metrics.pixel.PixelMaskEvaluation`).
-
-Seconds per image count the explanation alone (the mask for one image and class).
+"""``rtsal metric`` and ``rtsal localize`` as runs: the samples, the explainer, the records,
+the files, and shards merged.
 
 :func:`run_scoring` is the whole of ``rtsal metric``: it builds the explainer, reads the samples
-(:class:`SampleSource`), scores them (:func:`score_method`) and writes the outputs.
+(:class:`SampleSource`), scores them (:func:`score_method`, with
+:class:`rtsal.metrics.scoring.MethodScorer`) and writes the outputs.
 
-The summary is made from per-sample records alone (:func:`summarize`): each holds the row of the
-CSV and what the set-level metrics need of the sample (MaxBoxAcc's hits at every threshold, the
-precision and recall curves, the seconds). ``OUT/<method>-<stem>.jsonl`` keeps them, so the
-samples may be scored in shards (``--shard I/N``: every N-th sample, from the I-th) and the
-shards' records make the summary and files of one run (:func:`collect_scores`,
-:meth:`MergedScores.write`), to the last bit (the absent classes of the saliency metric are
-drawn for the whole list, whichever shard scores a sample).
+The summary is made from per-sample records alone (:func:`rtsal.metrics.scoring.summarize`).
+``OUT/<method>-<stem>.jsonl`` keeps them, so the samples may be scored in shards
+(``--shard I/N``: every N-th sample, from the I-th) and the shards' records make the summary and
+files of one run (:mod:`rtsal.runs.records`), to the last bit (the absent classes of the
+saliency metric are drawn for the whole list, whichever shard scores a sample).
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,46 +21,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rtsal.errors import DataError, RtsalError
-from rtsal.files import atomic_lines, prepare_out_dir, remove_temporaries
-from rtsal.runs.journal import fingerprint, first_difference
+from rtsal.files import prepare_out_dir
+from rtsal.metrics.scoring import (
+    GT_BOX,
+    NEEDS_BOXES,
+    MethodScorer,
+    Sample,
+    draw_absent_classes,
+    parse_metrics,
+    summarize,
+)
+from rtsal.runs.journal import fingerprint
+from rtsal.runs.records import SCORES, SCORES_VERSION, draw_pr_curve, write_scores
 from rtsal.runs.shards import Shard, choose_shard
 
 if TYPE_CHECKING:  # torch and numpy are imported when something is scored, not by the CLI
-    import numpy as np
-
     from rtsal.boxes import Box
-    from rtsal.metrics.pixel import PixelMetrics
-
-METRICS = ("localization", "saliency", "pointing", "deletion", "insertion", "pixel")
-NEEDS_BOXES = {"localization", "pointing"}
-GT_BOX = "gt-box"  # the oracle: the union of the class's ground-truth boxes as the mask
-
-
-@dataclass
-class Sample:
-    """One image and the class to explain; boxes and a pixel mask where the metrics need them."""
-
-    path: Path
-    label: int
-    boxes: list[Box] = field(default_factory=list)
-    pixel_mask: Path | None = None
-    absent: int | None = None  # the absent class of the saliency metric's area (drawn once)
-
-
-def parse_metrics(spec: str | Sequence[str]) -> list[str]:
-    """``"localization,pixel"`` or ``"all"`` -> the metric names, validated."""
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [n.strip().lower() for n in names if n.strip()]
-    if names == ["all"]:
-        return list(METRICS)
-    unknown = [n for n in names if n not in METRICS]
-    if unknown or not names:
-        raise RtsalError(
-            f"unknown metric {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)} "
-            "or all"
-        )
-    return names
-
 
 # --------------------------------------------------------------------------- options
 
@@ -328,7 +279,7 @@ def run_scoring(
         header = scores_header(source, options, samples, shard)
         written = write_scores(out_dir, header, records, summary, pr_png=options.pr_png)
     elif options.pr_png is not None:
-        written = [_pr_png(options.pr_png, options.method, summary)]
+        written = [draw_pr_curve(options.pr_png, options.method, summary)]
     return ScoringResult(summary, rows, written, shard, len(samples))
 
 
@@ -353,11 +304,7 @@ def _explainer(options: ScoringOptions) -> Any:
     )
 
 
-# --------------------------------------------------------------------------- records and shards
-
-SCORES = "scores"  # the header's "rtsal" of a records file
-SCORES_VERSION = 1
-CSV_LEFT_OUT = ("sample", "state")  # what a record holds beyond its CSV row
+# --------------------------------------------------------------------------- records
 
 
 def scores_header(
@@ -406,129 +353,6 @@ def scores_header(
     }
 
 
-def records_name(header: Mapping[str, Any]) -> str:
-    shard = choose_shard(header["shard"])
-    return f"{header['options']['method']}-{header['command']}{shard.suffix}.jsonl"
-
-
-def write_scores(
-    out_dir: Path,
-    header: Mapping[str, Any],
-    records: Sequence[Mapping[str, Any]],
-    summary: Mapping[str, Any],
-    *,
-    pr_png: Path | None = None,
-) -> list[Path]:
-    """A shard's records; or a whole run's records, CSV rows, summary JSON and PR curve."""
-    import csv
-    import json
-
-    path = out_dir / records_name(header)
-    remove_temporaries(out_dir, lambda name: name == path.name)  # a killed run's
-    with atomic_lines(path) as f:
-        f.write(json.dumps(header) + "\n")
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    if choose_shard(header["shard"]).sharded:
-        return [path]
-    method, stem = header["options"]["method"], header["command"]
-    csv_path = out_dir / f"{method}-{stem}.csv"
-    rows = [{k: v for k, v in r.items() if k not in CSV_LEFT_OUT} for r in records]
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    csv_path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    written = [csv_path, csv_path.with_suffix(".json"), path]
-    if "pixel" in header["options"]["metrics"]:
-        written.append(_pr_png(pr_png or out_dir / f"{method}-pr.png", method, summary))
-    return written
-
-
-def _pr_png(path: Path, method: str, summary: Mapping[str, Any]) -> Path:
-    from rtsal.metrics.pixel import plot_pr_curves
-
-    curves = {method: pixel_metrics_of(summary)}
-    return plot_pr_curves(curves, path, title=f"{method}: PR curve")
-
-
-@dataclass
-class MergedScores:
-    """One method and command's records from several files, checked to make one whole run
-    (:func:`collect_scores`); :meth:`write` makes its files."""
-
-    command: str
-    method: str
-    header: dict[str, Any]  # the whole run's
-    records: list[dict[str, Any]]  # one per sample, in order
-    parts: int  # files merged
-    summary: dict[str, Any] = field(default_factory=dict)
-    written: list[Path] = field(default_factory=list)
-
-    @property
-    def samples(self) -> int:
-        return len(self.records)
-
-    def write(self, out: Path) -> None:
-        self.summary = summarize(self.records, self.header["options"]["metrics"], self.method)
-        self.written = write_scores(out, self.header, self.records, self.summary)
-
-
-def collect_scores(folders: Sequence[Path]) -> list[MergedScores]:
-    """The records files (``<method>-<stem>[.shard-I-of-N].jsonl``) in ``folders``, one
-    :class:`MergedScores` for each method and command. Files of the same method and command must
-    be of the same run, and every sample must be in one of them (:class:`RtsalError` otherwise,
-    before anything is written)."""
-    import json
-
-    from rtsal.runs.journal import read_journal
-
-    groups: dict[tuple[str, str], list[tuple[Path, dict[str, Any], list[Any]]]] = {}
-    for folder in folders:
-        for path in sorted(Path(folder).glob("*.jsonl")):
-            header, records = read_journal(path)
-            if header is None or header.get("rtsal") != SCORES:
-                continue
-            opts = header.get("options")
-            if not isinstance(opts, dict) or any(
-                k not in header for k in ("command", "samples", "inputs", "shard")
-            ):
-                raise RtsalError(f"{path}: a scores file whose header lacks its run's fields")
-            key = (header["command"], opts.get("method"))
-            groups.setdefault(key, []).append((path, header, records))
-    merged = []
-    for (command, method), parts in groups.items():
-        first_path, first, _ = parts[0]
-        by_sample: dict[int, dict[str, Any]] = {}
-        for path, header, records in parts:
-            diff = first_difference(
-                {**first["options"], "samples": first["samples"], "inputs": first["inputs"]},
-                {**header["options"], "samples": header["samples"], "inputs": header["inputs"]},
-            )
-            if diff is not None:
-                what, a, b = diff
-                raise RtsalError(
-                    f"{path} is not of the run of {first_path} ({what}: {json.dumps(b)} "
-                    f"against {json.dumps(a)})"
-                )
-            for r in records:
-                by_sample.setdefault(int(r["sample"]), r)
-        n = int(first["samples"])
-        missing = [k for k in range(n) if k not in by_sample]
-        if missing:
-            counts = sorted({choose_shard(h["shard"]).count for _, h, _ in parts} - {1})
-            owner = f" (shard {missing[0] % counts[0]}/{counts[0]})" if counts else ""
-            raise RtsalError(
-                f"{method} {command}: {len(missing)} of {n} samples are in none of the files, "
-                f"e.g. sample {missing[0]}{owner}; run the missing shards first"
-            )
-        header = {**first, "shard": str(Shard())}
-        records = [by_sample[k] for k in range(n)]
-        merged.append(MergedScores(command, method, header, records, len(parts)))
-    return merged
-
-
 # --------------------------------------------------------------------------- scoring
 
 
@@ -562,7 +386,7 @@ def score_method(
     if "saliency" in metrics:
         draw_absent_classes(samples, explainer.black_box.num_classes, seed)
     mine = [(k, s) for k, s in enumerate(samples) if shard.owns(k)]
-    scorer = _MethodScorer(explainer, metrics, method=method, steps=steps)
+    scorer = MethodScorer(explainer, metrics, method=method, steps=steps)
     task = progress.add_task(_task(method, shard), total=len(mine)) if progress else None
     records = []
     for k, s in mine:
@@ -579,304 +403,3 @@ def score_method(
 
 def _task(method: str, shard: Shard) -> str:
     return f"{method} (shard {shard})" if shard.sharded else method
-
-
-def draw_absent_classes(samples: Sequence[Sample], num_classes: int, seed: int) -> None:
-    """Each sample's absent class (its class plus a seeded non-zero offset, modulo the number of
-    classes), drawn in the order of the whole list: a sample gets the same one whichever shard
-    scores it. Samples that have one keep it."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    K = num_classes
-    for s in samples:
-        offset = int(torch.randint(1, max(K, 2), (1,), generator=generator))
-        if s.absent is None:
-            s.absent = (s.label + offset) % K
-
-
-_PROBABILITIES = ("p_image", "p_image_times_mask", "p_image_times_inverse", "area")
-_SALIENCY = ("saliency", "crop_area", "crop_probability", "area_absent")
-
-
-class _Means:
-    """Running means of named values (sums in the order the values come)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, key: str, value: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def mean(self, key: str) -> float | None:
-        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON's types: a run's records and those read back from a file are equal."""
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _bits(hits: Any) -> list[str]:
-    """Hits (rows of booleans) as strings of 0 and 1, one per row."""
-    return ["".join("1" if h else "0" for h in row) for row in hits]
-
-
-def _unbits(rows: Sequence[str]) -> np.ndarray:
-    import numpy as np
-
-    return np.array([[c == "1" for c in row] for row in rows], dtype=bool)
-
-
-class _MethodScorer:
-    """One method's pass over the images: :meth:`score` explains one sample and scores its mask
-    with every metric asked for: the row, and the state the summary needs
-    (:func:`summarize`)."""
-
-    def __init__(self, explainer: Any, metrics: Sequence[str], *, method: str, steps: int):
-        from rtsal.metrics.localization import MaxBoxAccuracy
-
-        self.explainer = explainer
-        self.metrics = list(metrics)
-        self.method = method
-        self.steps = steps
-        self.max_box = MaxBoxAccuracy()
-        self.max_box_v2 = MaxBoxAccuracy.v2()
-
-    def score(self, s: Sample) -> tuple[dict[str, Any], dict[str, Any]]:
-        from rtsal.data.images import load_image
-        from rtsal.metrics.faithfulness import pointing_hit
-
-        im = load_image(s.path)
-        t0 = time.perf_counter()
-        (e,) = self.explainer.explain_batch([im], [s.label])[0]
-        state: dict[str, Any] = {"seconds": time.perf_counter() - t0}
-        if self.method == GT_BOX:
-            e = _box_explanation(self.explainer, im, e, s.boxes)
-        mask = e.mask  # (H, W) at the image's resolution
-        row: dict[str, Any] = {
-            "input": str(s.path),
-            "class_index": s.label,
-            "class_name": e.class_name,
-            "p_image": e.p_image,
-            "p_image_times_mask": e.p_preserved,
-            "p_image_times_inverse": e.p_destroyed,
-            "area": e.area,
-        }
-        if "localization" in self.metrics:
-            row.update(self._localization(mask, s.boxes, state))
-        if "saliency" in self.metrics:
-            row.update(self._saliency(im, e, s))
-        if "pointing" in self.metrics:
-            row["pointing_hit"] = pointing_hit(mask, s.boxes)
-        if "deletion" in self.metrics or "insertion" in self.metrics:
-            row.update(self._causal(im, mask, s.label))
-        if "pixel" in self.metrics:
-            assert s.pixel_mask is not None
-            row.update(self._pixel(mask, s.pixel_mask, state))
-        return {k: _plain(v) for k, v in row.items()}, state
-
-    def _localization(
-        self, mask: Any, boxes: Sequence[Box], state: dict[str, Any]
-    ) -> dict[str, Any]:
-        from rtsal.boxes import mask_box
-        from rtsal.metrics.localization import best_iou, localisation_hit
-
-        pred = mask_box(mask, 0.5)
-        state["max_box_hits"] = _bits(self.max_box.update(mask, boxes))
-        state["max_box_v2_hits"] = _bits(self.max_box_v2.update(mask, boxes))
-        return {
-            "box": list(pred) if pred else None,
-            "best_iou": best_iou(pred, boxes),
-            "localized": localisation_hit(pred, boxes),
-        }
-
-    def _saliency(self, im: Any, e: Any, s: Sample) -> dict[str, Any]:
-        from rtsal.boxes import salient_box
-        from rtsal.data.images import pil_to_tensor
-        from rtsal.metrics.saliency import saliency_metric
-
-        box = self.explainer.black_box
-        sm = saliency_metric(box, pil_to_tensor(im), salient_box(e.mask), s.label)
-        (ea,) = self.explainer.explain_batch([im], [s.absent], with_probabilities=False)[0]
-        return {
-            "saliency": sm["score"],
-            "crop_area": sm["area"],
-            "crop_probability": sm["probability"],
-            "area_absent": ea.area,
-        }
-
-    def _causal(self, im: Any, mask: Any, label: int) -> dict[str, float]:
-        from rtsal.metrics.faithfulness import deletion_curve, insertion_curve
-
-        x = self.explainer.prepare(im)[None]  # (1, C, h, w) at the black box's resolution
-        row = {}
-        for name, curve in (("deletion", deletion_curve), ("insertion", insertion_curve)):
-            if name in self.metrics:
-                # the curve resizes the mask (1, 1, H, W) to x's size, bilinearly
-                c = curve(self.explainer.black_box, x, mask[None, None], [label], steps=self.steps)
-                row[name] = float(c.auc[0])
-        return row
-
-    def _pixel(self, mask: Any, gt_path: Path, state: dict[str, Any]) -> dict[str, Any]:
-        from rtsal.metrics.pixel import f_measure, mean_absolute_error, precision_recall_curve
-
-        gt = _load_pixel_mask(gt_path, tuple(mask.shape))
-        p, r = precision_recall_curve(mask, gt)
-        state["precision"], state["recall"] = p.tolist(), r.tolist()
-        return {"max_f_image": float(f_measure(p, r).max()), "mae": mean_absolute_error(mask, gt)}
-
-
-def summarize(
-    records: Sequence[Mapping[str, Any]], metrics: Sequence[str], method: str
-) -> dict[str, Any]:
-    """The summary of a method's records, in their order (the samples' order for a whole
-    run): means over images, and the set-level metrics of each metric's accumulator, fed with
-    what each record holds of its sample. A run and its shards, merged, give the same numbers."""
-    import numpy as np
-
-    from rtsal.metrics.faithfulness import PointingGame
-    from rtsal.metrics.localization import LocalisationError, MaxBoxAccuracy
-    from rtsal.metrics.pixel import PixelMaskEvaluation, f_measure
-    from rtsal.metrics.uncertainty import bootstrap_interval, wilson_interval
-
-    metrics = list(metrics)
-    saliency: list[float] = []
-    means = _Means()
-    localisation, pointing = LocalisationError(), PointingGame()
-    max_box, max_box_v2 = MaxBoxAccuracy(), MaxBoxAccuracy.v2()
-    pixel = PixelMaskEvaluation()
-    seconds = 0.0
-    for r in records:
-        state = r["state"]
-        seconds += state["seconds"]
-        for k in _PROBABILITIES:
-            means.add(k, r[k])
-        if "localization" in metrics:
-            localisation.images += 1
-            localisation.wrong += not r["localized"]
-            for acc, hits in ((max_box, "max_box_hits"), (max_box_v2, "max_box_v2_hits")):
-                acc.correct += _unbits(state[hits])
-                acc.images += 1
-        if "saliency" in metrics:
-            for k in _SALIENCY:
-                means.add(k, r[k])
-            saliency.append(r["saliency"])
-            means.add("keep_ratio", r["p_image_times_mask"] / max(r["p_image"], 1e-12))
-        if "pointing" in metrics:
-            pointing.hits += bool(r["pointing_hit"])
-            pointing.misses += not r["pointing_hit"]
-        for k in ("deletion", "insertion"):
-            if k in metrics:
-                means.add(k, r[k])
-        if "pixel" in metrics:
-            p, rc = np.asarray(state["precision"]), np.asarray(state["recall"])
-            pixel.curve_sums += np.stack([p, rc, f_measure(p, rc, pixel.beta2)])
-            pixel.mae_sum += r["mae"]
-            pixel.images += 1
-    out: dict[str, Any] = {"method": method, "images": len(records), "metrics": [*metrics]}
-    if not records:  # a shard without samples
-        return out
-    for k in _PROBABILITIES:
-        out[k] = means.mean(k)
-    if "localization" in metrics:
-        v1, v2 = max_box.compute(), max_box_v2.compute()
-        out["localization_error"] = localisation.compute()
-        out["localization_error_ci95"] = list(
-            wilson_interval(localisation.wrong, localisation.images)
-        )
-        out["max_box_acc"] = v1.value
-        out["max_box_acc_threshold"] = float(v1.best_thresholds[0])
-        out["max_box_acc_v2"] = v2.value
-    if "saliency" in metrics:
-        for k in (*_SALIENCY, "keep_ratio"):
-            out[k] = means.mean(k)
-        out["saliency_ci95"] = list(bootstrap_interval(saliency))
-        out["saliency_median"] = float(np.median(saliency))
-    if "pointing" in metrics:
-        out["pointing"] = pointing.compute().accuracy
-        out["pointing_ci95"] = list(wilson_interval(pointing.hits, pointing.hits + pointing.misses))
-    for k in ("deletion", "insertion"):
-        if k in metrics:
-            out[k] = means.mean(k)
-    if "pixel" in metrics:
-        pm = pixel.compute()
-        out["max_f"] = pm.max_f
-        out["max_f_threshold"] = pm.best_threshold
-        out["mae"] = pm.mae
-        out["pr_curve"] = {
-            "precision": pm.precision.tolist(),
-            "recall": pm.recall.tolist(),
-            "f": pm.f_measure.tolist(),
-        }
-    out["seconds_per_image"] = seconds / max(len(records), 1)
-    return out
-
-
-def _load_pixel_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            gt = np.asarray(im.convert("L"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{path}: unreadable pixel mask ({exc})") from None
-    if gt.shape != size:
-        raise DataError(
-            f"{path}: pixel mask is {gt.shape[1]}x{gt.shape[0]}, its image {size[1]}x{size[0]}"
-        )
-    return gt
-
-
-def _box_explanation(explainer: Any, im: Any, e: Any, boxes: Sequence[Box]) -> Any:
-    """``e`` with the union of ``boxes`` as its mask, and the probabilities recomputed."""
-    from dataclasses import replace
-
-    import torch
-    import torch.nn.functional as F
-
-    from rtsal.boxes import mask_box
-
-    box = explainer.black_box
-    dev = box.mean.device
-    with torch.inference_mode():
-        mask = torch.zeros(im.height, im.width)  # (H, W)
-        for x0, y0, x1, y1 in boxes:
-            mask[y0:y1, x0:x1] = 1.0
-        x = explainer.prepare(im)[None]  # (1, C, h, w)
-        m = F.interpolate(mask[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-        x, m = x.to(dev), m.to(dev)
-        p = box.probabilities(torch.cat([x * m, x * (1 - m)]))[:, e.class_index].tolist()
-        return replace(
-            e,
-            mask=mask,
-            p_preserved=p[0],
-            p_destroyed=p[1],
-            area=float(mask.mean()),
-            box=mask_box(mask),
-        )
-
-
-def pixel_metrics_of(summary: Mapping[str, Any]) -> PixelMetrics:
-    """The PR curve of a summary as :class:`rtsal.metrics.pixel.PixelMetrics` (for plotting)."""
-    import numpy as np
-
-    from rtsal.metrics.pixel import PixelMetrics
-
-    c = summary["pr_curve"]
-    return PixelMetrics(
-        np.asarray(c["precision"]),
-        np.asarray(c["recall"]),
-        np.asarray(c["f"]),
-        summary["mae"],
-        summary["images"],
-    )
