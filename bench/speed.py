@@ -88,7 +88,7 @@ def setup(name: str, masker_ckpt: str | None):
     from rtsal.engine.checkpoint import load_masker
     from rtsal.engine.model import MaskerConfig, build_masking_model
     from rtsal.registry.blackbox import create_black_box
-    from rtsal.tools.classifier import build_classifier
+    from rtsal.registry.classifiers import build_classifier
 
     torch.manual_seed(0)
     if name == "lite0":
