@@ -32,7 +32,7 @@ from rtsal.inference.explainer import Explainer, Explanation, mask_at_size, slug
 from rtsal.inference.video import overlay_frame
 from rtsal.inference.visualize import overlay
 from rtsal.registry.classes import normalise_class_name
-from rtsal.serve.server import GRADIO_MISSING
+from rtsal.serve._gradio import import_gradio
 
 TOPK = 5
 PAPER_THRESHOLD = 0.5  # the paper's box: the tightest one around every pixel above 0.5
@@ -366,14 +366,6 @@ def write_example_photos(folder: Path, names: Sequence[str] = EXAMPLE_PHOTOS) ->
 
 
 # ---------------------------------------------------------------------- the page
-def _gradio() -> Any:
-    try:
-        import gradio
-    except ImportError:
-        raise RtsalError(GRADIO_MISSING) from None
-    return gradio
-
-
 INTRO = """# rtsal: real-time saliency
 Drop a photo, pick an example or open the camera: the masking model (Dabkowski & Gal, 2017)
 shows what the black box looks at, for any class, in one forward pass."""
@@ -384,7 +376,7 @@ def build_app(demo: SaliencyDemo, *, workdir: Path, examples: Sequence[Path] = (
     side, and the named API endpoints ``/explain`` (image, class name[, method]) -> (mask PNG,
     numbers), ``/classes`` (query) -> matching classes and ``/live`` (the camera stream).
     Masks offered for download are written under ``workdir``."""
-    gr = _gradio()
+    gr = import_gradio()
     choices = demo.choices()
     method_choices = [(method_label(m), m) for m in demo.compared]
     downloads = workdir / "masks"

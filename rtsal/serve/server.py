@@ -9,22 +9,10 @@ import time
 from pathlib import Path
 
 from rtsal.errors import RtsalError
+from rtsal.serve._gradio import check_gradio
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-GRADIO_MISSING = "rtsal serve needs Gradio: pip install 'rtsal[serve]'"
-
-
-def check_gradio() -> None:
-    """Gradio is installed (found, not imported: importing it takes seconds)."""
-    import importlib.util
-
-    try:
-        found = importlib.util.find_spec("gradio") is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise RtsalError(GRADIO_MISSING)
 
 
 def check_port(host: str, port: int) -> None:
