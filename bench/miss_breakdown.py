@@ -32,9 +32,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from rtsal.boxes import box_area, component_boxes, mask_box
+    from rtsal.data.annotations import read_boxes
     from rtsal.data.images import pil_to_tensor
     from rtsal.inference.explainer import Explainer
-    from rtsal.metrics.localization import best_iou, read_boxes
+    from rtsal.metrics.localization import best_iou
 
     path = a.boxes / "boxes.json" if a.boxes.is_dir() else a.boxes
     explainer = Explainer(a.checkpoint, resize="square")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rtsal.data.annotations import read_box_csv, read_voc_dir, read_voc_xml
 from rtsal.errors import RtsalError
-from rtsal.metrics.localization import read_box_csv, read_voc_dir, read_voc_xml
 from rtsal.tools.canvas import (
     MASK_THRESHOLD,
     MATTE_GAMMA,

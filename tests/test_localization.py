@@ -9,22 +9,24 @@ import pytest
 import torch
 
 from rtsal.boxes import mask_box, mask_boxes
-from rtsal.errors import DataError
-from rtsal.metrics.localization import (
-    LocalisationError,
-    MaxBoxAccuracy,
-    best_iou,
+from rtsal.data.annotations import (
     boxes_for,
-    localisation_correct,
-    localisation_error,
-    localisation_hit,
-    max_box_accuracy,
-    max_box_accuracy_v2,
     read_box_csv,
     read_boxes,
     read_coco_json,
     read_voc_dir,
     read_voc_xml,
+)
+from rtsal.errors import DataError
+from rtsal.metrics.localization import (
+    LocalisationError,
+    MaxBoxAccuracy,
+    best_iou,
+    localisation_correct,
+    localisation_error,
+    localisation_hit,
+    max_box_accuracy,
+    max_box_accuracy_v2,
     threshold_grid,
 )
 

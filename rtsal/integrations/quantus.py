@@ -147,8 +147,8 @@ def box_batch(
     photo), 0 elsewhere. A missing photo or box raises :class:`~rtsal.errors.DataError`.
     """
     from rtsal.boxes import resize_box
+    from rtsal.data.annotations import annotation_entries, read_boxes
     from rtsal.data.images import load_image, pil_interpolation, pil_to_tensor
-    from rtsal.metrics.localization import annotation_entries, read_boxes
     from rtsal.registry.classes import ClassResolver
 
     path = Path(path).expanduser()

@@ -143,7 +143,7 @@ def annotated_samples(
 
     ``resolve`` maps an annotation's class name to a black-box index. Returns the samples and
     the images that have no annotation (left out)."""
-    from rtsal.metrics.localization import annotation_entries
+    from rtsal.data.annotations import annotation_entries
 
     samples: list[Sample] = []
     missing: list[Path] = []
@@ -208,8 +208,8 @@ def load_samples(source: SampleSource, resolver: Any) -> list[Sample]:
 
     With boxes, one sample per (image, annotated class), and images without boxes are left out
     (with a warning); without, one per image, its class told by its folder or file name."""
+    from rtsal.data.annotations import read_boxes
     from rtsal.data.labels import labelled_samples
-    from rtsal.metrics.localization import read_boxes
 
     data, files = source.data, source.files
     if (data is None) == (files is None):

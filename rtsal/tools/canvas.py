@@ -351,7 +351,7 @@ def render_canvas(
 def voc_xml(filename: str, size: int, class_name: str, box: Box, provenance: str = "") -> str:
     """A Pascal VOC annotation with one object. VOC pixels are 1-based and inclusive, so the
     exclusive 0-based box (x0, y0, x1, y1) is written as xmin=x0+1, ymin=y0+1, xmax=x1, ymax=y1
-    (what ``rtsal.metrics.localization.read_voc_xml`` reads back as the same box)."""
+    (what ``rtsal.data.annotations.read_voc_xml`` reads back as the same box)."""
     x0, y0, x1, y1 = box
     return (
         "<annotation>\n"
