@@ -13,9 +13,9 @@ from PIL import Image
 from skimage import data as skdata
 
 from rtsal.data.images import pil_to_tensor
-from rtsal.runs import outputs as files_module
 from rtsal.inference.explainer import Explanation
 from rtsal.inference.visualize import overlay
+from rtsal.runs import outputs as files_module
 
 
 def _jpeg(im: Image.Image) -> bytes:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.data.folders import open_dataset, split_folder
+from rtsal.data.arrays import split_folder
+from rtsal.data.folders import open_dataset
 from rtsal.registry.classes import ClassResolver
 
 

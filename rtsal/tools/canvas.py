@@ -85,7 +85,7 @@ class CanvasConfig:
 
     def checked(self) -> CanvasConfig:
         """A copy with the source name normalised; raises ``RtsalError`` on bad values."""
-        from rtsal.data.folders import DataSpec
+        from rtsal.data.arrays import DataSpec
 
         named = DataSpec(self.source).named
         if named is None:
@@ -412,9 +412,9 @@ def is_canvas_dir(path: str | Path) -> bool:
 
 
 def _load_source(cfg: CanvasConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
-    from rtsal.data.folders import _load_cifar10, _load_fashion_mnist
+    from rtsal.data.arrays import load_cifar10, load_fashion_mnist
 
-    loader = _load_cifar10 if cfg.source == "cifar10" else _load_fashion_mnist
+    loader = load_cifar10 if cfg.source == "cifar10" else load_fashion_mnist
     root = Path(cfg.data_root).expanduser() if cfg.data_root else None
     x, y = loader(root, split)
     return x.numpy(), y.numpy()
@@ -461,7 +461,7 @@ def make_canvas_dataset(cfg: CanvasConfig, out_dir: str | Path, progress=None) -
     ``canvas.json`` is written last, so a folder without it is an unfinished run.
     """
     from rtsal import __version__
-    from rtsal.data.folders import named_class_names
+    from rtsal.data.arrays import named_class_names
 
     cfg = cfg.checked()
     class_names = list(named_class_names(cfg.source))

@@ -66,13 +66,8 @@ def evaluate_accuracy(model: nn.Module, loader, device: torch.device) -> float:
 
 
 def train_classifier(cfg: ClassifierConfig, progress=None) -> ClassifierResult:
-    from rtsal.data.folders import (
-        DataSpec,
-        make_loader,
-        named_class_names,
-        open_dataset,
-        split_folder,
-    )
+    from rtsal.data.arrays import DataSpec, named_class_names, split_folder
+    from rtsal.data.folders import make_loader, open_dataset
     from rtsal.device import resolve_device
     from rtsal.files import prepare_out_dir
     from rtsal.registry.classes import ClassResolver
