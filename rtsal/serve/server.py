@@ -51,7 +51,8 @@ def serve(
     failure is one :class:`~rtsal.errors.RtsalError`."""
     check_port(host, port)
     check_gradio()
-    from rtsal.serve.app import SaliencyDemo, build_app, write_example_photos
+    from rtsal.serve.app import SaliencyDemo, write_example_photos
+    from rtsal.serve.page import build_app
 
     demo = SaliencyDemo.load(
         checkpoint, black_box, method, device, backend, weights=weights, pretrained=pretrained
