@@ -74,6 +74,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` a temporary file beside ``path`` (for writers that take a file name, such
+    as ``torch.jit.save`` or ``torch.onnx.export``), then rename it over ``path``."""
+    fd, tmp = _temporary_beside(path)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_lines(path: Path) -> Iterator[IO[str]]:
     """A text file written line by line under a temporary name beside ``path`` and renamed
