@@ -3,8 +3,8 @@
 page; :mod:`~rtsal.serve.server`, serving it). Gradio is imported when the page is built, not
 before (``pip install 'rtsal[serve]'``); ``import rtsal.serve`` imports neither it nor torch.
 
-It may import the foundation, the engine, the registry, data, methods, metrics and inference;
-only the command line imports it."""
+It may import every package below the batch runs (foundation, engine, registry, data, methods,
+metrics, inference, training, tools); only the command line imports it."""
 
 from __future__ import annotations
 
