@@ -1,4 +1,5 @@
-"""The package's import graph has no cycles, and the engine builds on the foundation alone.
+"""The package's import graph: no cycles, each package on the layers below it, the engine on the
+foundation alone (docs/architecture.md).
 
 The graph is read from the source, not from a running interpreter: every ``import`` and
 ``from ... import`` is an edge, wherever it stands (module level, ``if``/``try`` blocks, class
