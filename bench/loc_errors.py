@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 
 def classify(pred, boxes) -> str:
-    from rtsal.metrics.saliency import box_area, box_iou
+    from rtsal.boxes import box_area, box_iou
 
     if pred is None:
         return "empty"
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("csv", nargs="+")
     ap.add_argument("--boxes", required=True)
     a = ap.parse_args()
-    from rtsal.metrics.localization import annotation_entries, read_boxes
+    from rtsal.data.annotations import annotation_entries, read_boxes
 
     ann = read_boxes(a.boxes)
     for path in a.csv:

@@ -31,16 +31,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     a = ap.parse_args()
 
+    from rtsal.boxes import box_area, component_boxes, mask_box
+    from rtsal.data.annotations import read_boxes
     from rtsal.data.images import pil_to_tensor
     from rtsal.inference.explainer import Explainer
-    from rtsal.metrics.localization import (
-        best_iou,
-        component_boxes,
-        largest_component_box,
-        mask_box,
-        read_boxes,
-    )
-    from rtsal.metrics.saliency import box_area
+    from rtsal.metrics.localization import best_iou
 
     path = a.boxes / "boxes.json" if a.boxes.is_dir() else a.boxes
     explainer = Explainer(a.checkpoint, resize="square")
@@ -76,7 +71,7 @@ def main() -> None:
                     "ratio": ratio,
                     "regions": len(component_boxes(m, 0.5)),
                     "mirror_hit": best_iou(mask_box((m + mm) / 2, 0.5), gt) > 0.5,
-                    "largest_hit": best_iou(largest_component_box(m, 0.5), gt) > 0.5,
+                    "largest_hit": best_iou(mask_box(m, 0.5, largest=True), gt) > 0.5,
                 }
             )
 

@@ -149,8 +149,8 @@ def main() -> None:
     import torch
 
     import rtsal
+    from rtsal.data.annotations import read_boxes
     from rtsal.integrations.quantus import box_batch
-    from rtsal.metrics.localization import read_boxes
 
     data = Path(a.data)
     names = sorted(read_boxes(data))

@@ -28,7 +28,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from rtsal.metrics.uncertainty import bootstrap_interval
-    from rtsal.tools.compare import read_scores
+    from rtsal.runs.compare import read_scores
 
     print(
         "| run | images | mean (95 % CI) | median | mean without the worst 5 % "

@@ -88,7 +88,7 @@ def setup(name: str, masker_ckpt: str | None):
     from rtsal.engine.checkpoint import load_masker
     from rtsal.engine.model import MaskerConfig, build_masking_model
     from rtsal.registry.blackbox import create_black_box
-    from rtsal.tools.classifier import build_classifier
+    from rtsal.registry.classifiers import build_classifier
 
     torch.manual_seed(0)
     if name == "lite0":
@@ -104,7 +104,7 @@ def setup(name: str, masker_ckpt: str | None):
         cfg = MaskerConfig(num_classes=1000, encoder="blackbox", embedding="classifier-init")
         return box, build_masking_model(cfg, box).eval(), 224
     if name == "cifar":
-        from rtsal.data.folders import CIFAR10_CLASSES
+        from rtsal.data.arrays import CIFAR10_CLASSES
         from rtsal.registry.blackbox import BlackBox
 
         net = build_classifier("resnet9", 10, 3, 32)

@@ -3,15 +3,14 @@
 ``rtsal.Explainer()`` is the shipped masking model, ready to explain images (docs/api.md).
 
 The names below are imported on first use (most of them pull in torch), so ``import rtsal``,
-``rtsal --version`` and ``rtsal --help`` stay fast.
+``rtsal --version`` and ``rtsal --help`` stay fast, and the package root imports nothing of rtsal
+itself: it is part of the foundation every package may import (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-
-from rtsal.registry.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
@@ -22,6 +21,7 @@ _LAZY = {  # public name -> the module that defines it
     "RtsalError": "rtsal.errors",
     "create_black_box": "rtsal.registry.blackbox",
     "explain_func": "rtsal.integrations.quantus",
+    "hookimpl": "rtsal.registry.hookspecs",
     "is_black_box": "rtsal.registry.blackbox",
     "keep_freed_memory": "rtsal.allocator",
     "list_black_boxes": "rtsal.registry.blackbox",
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from rtsal.integrations.quantus import explain_func
     from rtsal.registry.blackbox import BlackBox, create_black_box, is_black_box, list_black_boxes
     from rtsal.registry.classes import ClassResolver
+    from rtsal.registry.hookspecs import hookimpl
     from rtsal.registry.providers.timm_provider import timm_black_box
     from rtsal.registry.weights import load_state_dict
 

@@ -112,7 +112,7 @@ def assert_one_line_error(run: Run, *fragments: str) -> None:
 
 
 def fashion_mnist_installed() -> bool:
-    from rtsal.data.folders import DEBIAN_FASHION_MNIST
+    from rtsal.data.arrays import DEBIAN_FASHION_MNIST
 
     return (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists()
 

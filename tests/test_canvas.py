@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rtsal.data.annotations import read_box_csv, read_voc_dir, read_voc_xml
 from rtsal.errors import RtsalError
-from rtsal.metrics.localization import read_box_csv, read_voc_dir, read_voc_xml
 from rtsal.tools.canvas import (
     MASK_THRESHOLD,
     MATTE_GAMMA,
@@ -194,9 +194,9 @@ def test_fm_without_clutter_changes_exactly_the_mask_pixels(fm_plain):
 
 @needs_fm
 def test_fm_masks_are_the_source_items(fm_plain):
-    from rtsal.data.folders import _load_fashion_mnist
+    from rtsal.data.arrays import load_fashion_mnist
 
-    items = {split: _load_fashion_mnist(None, split) for split in ("train", "test")}
+    items = {split: load_fashion_mnist(None, split) for split in ("train", "test")}
     meta = json.loads((fm_plain / "canvas.json").read_text())
     for name, path in _images(fm_plain).items():
         split, index = _origin(fm_plain, name)
@@ -216,9 +216,9 @@ def test_fm_masks_are_the_source_items(fm_plain):
 
 
 def test_cifar_patches_are_the_source_images(cifar_plain):
-    from rtsal.data.folders import _load_cifar10
+    from rtsal.data.arrays import load_cifar10
 
-    sources = {split: _load_cifar10(CIFAR_TARBALL, split) for split in ("train", "test")}
+    sources = {split: load_cifar10(CIFAR_TARBALL, split) for split in ("train", "test")}
     for name, path in _images(cifar_plain).items():
         split, index = _origin(cifar_plain, name)
         assert name.startswith(split)

@@ -183,7 +183,7 @@ def test_guard_refuses_before_any_work(explainer, photos, chunked, monkeypatch):
 
 
 def test_guard_on_rtsal_explain(explainer, photos, tmp_path):
-    from rtsal.inference.files import check_run_memory
+    from rtsal.runs.explain import check_run_memory
 
     with pytest.raises(RtsalError, match="a record kept for each.*lower --topk or explain fewer"):
         check_run_memory(explainer, 10**6, None, 1000, 16)  # a billion records

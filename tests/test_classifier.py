@@ -7,7 +7,7 @@ import torch
 
 from rtsal.engine.model import MaskerConfig, build_masking_model
 from rtsal.registry.blackbox import BlackBox
-from rtsal.tools.classifier import build_classifier
+from rtsal.registry.classifiers import build_classifier
 
 
 @pytest.mark.parametrize("arch", ["resnet9", "resnet18"])

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rtsal.data.folders import TensorImageDataset, _read_idx, random_crop_flip, scan_image_folder
+from rtsal.data.arrays import TensorImageDataset, _read_idx, random_crop_flip
+from rtsal.data.folders import scan_image_folder
 from rtsal.errors import DataError
 from rtsal.registry.classes import ClassResolver
 from rtsal.registry.providers.timm_provider import imagenet_classes

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from rtsal.data.images import fit_size
-from rtsal.metrics.boxes import threshold_box
 from tests.helpers import (
     LITE_PLUGIN,
     assert_one_line_error,
@@ -209,7 +208,7 @@ def test_missing_input_and_checkpoint(checkpoint, tmp_path):
 def test_explain_inputs_is_the_command_as_a_function(checkpoint, photos, tmp_path):
     """The library call behind `rtsal explain`: records and errors as they come, missing and
     unreadable inputs counted, the contact sheet written."""
-    from rtsal.inference.files import explain_inputs
+    from rtsal.runs.explain import explain_inputs
 
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     records: list[dict] = []
@@ -236,15 +235,6 @@ def test_usage_errors_exit_2_before_any_model_is_loaded(tmp_path):
     assert run.code == 2 and "one video at a time" in run.stderr
     run = run_main("explain", tmp_path, "--topk", "0")
     assert run.code == 2 and "--topk must be at least 1" in run.stderr
-
-
-def test_threshold_box_by_hand():
-    m = torch.zeros(6, 8)
-    assert threshold_box(m) is None
-    m[1, 2] = 0.9
-    m[4, 5] = 0.6
-    m[3, 7] = 0.5  # not above 0.5
-    assert threshold_box(m) == (2, 1, 6, 5)
 
 
 def test_fit_size_keeps_aspect_on_the_stride():
@@ -288,7 +278,7 @@ def test_files_in_turn_or_pipelined_match_one_by_one_explanations(checkpoint, tm
     """In turn, or with a reader thread and a writer pool: records in input order, the bad file
     reported in its place, masks equal to explaining each image alone, every file written."""
     from rtsal.inference.explainer import Explainer
-    from rtsal.inference.files import expand_inputs, explain_files
+    from rtsal.runs.explain import expand_inputs, explain_files
 
     src = tmp_path / "in"
     src.mkdir()

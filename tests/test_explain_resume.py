@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from rtsal.engine.journal import Journal, read_journal, remove_temporaries
 from rtsal.errors import RtsalError
+from rtsal.files import remove_temporaries
+from rtsal.runs.journal import Journal, read_journal
 from tests.helpers import (
     LITE_PLUGIN,
     REPO,
@@ -214,8 +215,8 @@ def test_other_options_or_other_inputs_are_refused_in_one_line(photos, reference
 def test_progress_counts_the_images_already_done(photos, reference, tmp_path):
     """A folder whose manifest holds the first two batches (as a kill after them leaves it):
     the library call skips those 4 images, and its progress bar starts at 4 of 12."""
-    from rtsal.inference.files import explain_inputs
     from rtsal.registry.plugins import reset_plugin_manager
+    from rtsal.runs.explain import explain_inputs
 
     out = tmp_path / "out"
     shutil.copytree(reference, out)

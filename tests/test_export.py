@@ -162,7 +162,7 @@ def test_a_separate_encoder_is_exported_with_the_black_box(tmp_path):
     pass, which normalises its [0, 1] input inside the graph."""
     from rtsal.engine.model import MaskerConfig, build_masking_model
     from rtsal.registry.blackbox import BlackBox
-    from rtsal.tools.classifier import build_classifier
+    from rtsal.registry.classifiers import build_classifier
 
     torch.manual_seed(0)
     box = BlackBox(

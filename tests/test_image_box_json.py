@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from rtsal.data.annotations import read_boxes, read_image_box_json
 from rtsal.errors import DataError
-from rtsal.metrics.localization import read_boxes, read_image_box_json
 from tests.helpers import SHARED_DATA
 
 

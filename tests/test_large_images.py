@@ -13,9 +13,9 @@ from PIL import Image
 from skimage import data as skdata
 
 from rtsal.data.images import pil_to_tensor
-from rtsal.inference import files as files_module
 from rtsal.inference.explainer import Explanation
 from rtsal.inference.visualize import overlay
+from rtsal.runs import outputs as files_module
 
 
 def _jpeg(im: Image.Image) -> bytes:
@@ -44,7 +44,7 @@ def test_strips_give_the_files_of_the_whole_image(tmp_path, monkeypatch, rows):
     files = {**files, "mask": files["mask"] + ".png"}
     files = {**files, "overlay": files["overlay"] + ".jpg", "pair": files["pair"] + ".jpg"}
     monkeypatch.setattr(files_module, "STRIP_ROWS", rows)
-    files_module._save_outputs(files, im, e)
+    files_module.save_outputs(files, im, e)
     overlay_bytes, pair_bytes = _whole(im, mask)
     with open(files["overlay"], "rb") as f:
         assert f.read() == overlay_bytes

@@ -8,29 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from rtsal.errors import DataError
-from rtsal.metrics.localization import (
-    LocalisationError,
-    MaxBoxAccuracy,
-    best_iou,
+from rtsal.boxes import mask_box, mask_boxes
+from rtsal.data.annotations import (
     boxes_for,
-    component_boxes,
-    largest_component_box,
-    localisation_correct,
-    localisation_error,
-    localisation_hit,
-    mask_box,
-    mask_boxes,
-    max_box_accuracy,
-    max_box_accuracy_v2,
     read_box_csv,
     read_boxes,
     read_coco_json,
     read_voc_dir,
     read_voc_xml,
+)
+from rtsal.errors import DataError
+from rtsal.metrics.localization import (
+    LocalisationError,
+    MaxBoxAccuracy,
+    best_iou,
+    localisation_correct,
+    localisation_error,
+    localisation_hit,
+    max_box_accuracy,
+    max_box_accuracy_v2,
     threshold_grid,
 )
-from rtsal.metrics.saliency import mask_array, resize_box
 
 
 def rect_mask(size: int, *rects: tuple[int, int, int, int, float]) -> torch.Tensor:
@@ -103,15 +101,6 @@ def test_threshold_grid_matches_wsolevaluation():
     grid = threshold_grid()
     assert len(grid) == 100 and grid[0] == 0.0 and grid[-1] == pytest.approx(0.99)
     np.testing.assert_allclose(threshold_grid(0.25), [0.0, 0.25, 0.5, 0.75])
-
-
-def test_components_are_eight_connected_and_sorted_by_size():
-    m = torch.zeros(6, 6)
-    m[0, 0] = m[1, 1] = 1.0  # diagonal neighbours: one 8-connected component of 2 px
-    m[3:6, 3:6] = 1.0  # 9 px
-    assert component_boxes(m, 0.5) == [(3, 3, 6, 6), (0, 0, 2, 2)]
-    assert largest_component_box(m, 0.5) == (3, 3, 6, 6)
-    assert largest_component_box(torch.zeros(6, 6), 0.5) is None
 
 
 def test_max_box_acc_takes_the_largest_component_where_the_paper_spans_both():
@@ -214,16 +203,6 @@ def test_max_box_accuracy_one_image_at_a_time():
     np.testing.assert_array_equal(batch.accuracy, v2.compute().accuracy)
     with pytest.raises(ValueError, match="no ground-truth box"):
         acc.update(m, [])
-
-
-def test_resize_box_and_mask_array():
-    # from (H, W) = (100, 200) to (50, 100): every edge halves
-    assert resize_box((10, 20, 30, 40), (100, 200), (50, 100)) == (5, 10, 15, 20)
-    # (1, 1, 2, 2) at 10 px to 5 px: edges 0.5 -> 1 (half up) and 1.0 -> 1; kept 1 px wide
-    assert resize_box((1, 1, 2, 2), (10, 10), (5, 5)) == (1, 1, 2, 2)
-    assert mask_array(torch.ones(1, 3, 4)).shape == (3, 4)
-    with pytest.raises(ValueError, match="expected a map"):
-        mask_array(torch.ones(2, 3, 4))
 
 
 # --------------------------------------------------------------------------- readers

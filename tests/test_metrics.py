@@ -9,11 +9,9 @@ import torch
 from torch import nn
 
 from rtsal.metrics.saliency import (
-    box_iou,
     crop_resize,
     saliency_metric,
     saliency_score,
-    salient_box,
 )
 from rtsal.registry.blackbox import BlackBox
 
@@ -41,21 +39,6 @@ def test_saliency_score_by_hand():
     assert saliency_score(0.25, 0.5) == pytest.approx(math.log(0.25) - math.log(0.5))
     assert saliency_score(0.01, 1.0) == pytest.approx(math.log(0.05))  # area floor
     assert saliency_score(1.0, 1.0) == 0.0
-
-
-def test_box_iou_by_hand():
-    assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
-    assert box_iou((0, 0, 2, 2), (0, 0, 2, 2)) == 1.0
-    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
-
-
-def test_salient_box_is_tight_and_falls_back_to_the_maximum():
-    m = torch.zeros(10, 10)
-    m[3:7, 2:6] = 0.9
-    assert salient_box(m) == (2, 3, 6, 7)
-    m = torch.zeros(10, 10)
-    m[4, 8] = 0.3
-    assert salient_box(m) == (8, 4, 9, 5)
 
 
 def test_crop_resize_keeps_the_cropped_quadrant():

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 from PIL import Image
 from skimage import data as skdata
 
-from rtsal.inference.files import expand_inputs, output_files, shared_slugs
+from rtsal.runs.explain import expand_inputs
+from rtsal.runs.outputs import output_files, shared_slugs
 from tests.helpers import LITE_PLUGIN, run_main
 
 

@@ -12,19 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.inference.explainer import Explanation, threshold_box
-from rtsal.metrics.scoring import (
-    Sample,
+from rtsal.boxes import mask_box
+from rtsal.inference.explainer import Explanation
+from rtsal.metrics.scoring import Sample, parse_metrics
+from rtsal.registry.classes import ClassResolver
+from rtsal.runs.scoring import (
     SampleSource,
     ScoringOptions,
     annotated_samples,
     load_samples,
-    parse_metrics,
     read_class_map,
     score_method,
     spread,
 )
-from rtsal.registry.classes import ClassResolver
 from tests.helpers import LITE_PLUGIN, assert_one_line_error
 from tests.helpers import run_main as _run_main
 from tests.helpers import run_rtsal as _run
@@ -94,7 +94,7 @@ class StubExplainer:
                     p_preserved=0.25,
                     p_destroyed=0.75,
                     area=float(self.mask.mean()),
-                    box=threshold_box(self.mask),
+                    box=mask_box(self.mask),
                 )
             ]
             for c in classes

@@ -243,7 +243,7 @@ def _wait_for(condition, timeout: float = 60, what: str = "") -> None:
 def test_a_photo_and_a_typed_class_give_the_library_mask(server, explainer, chelsea, chelsea_png):
     from playwright.sync_api import sync_playwright
 
-    from rtsal.metrics.boxes import threshold_box
+    from rtsal.boxes import mask_box
 
     [[tabby]] = explainer.explain_batch([chelsea], classes=[TABBY])
     with sync_playwright() as p:
@@ -275,7 +275,7 @@ def test_a_photo_and_a_typed_class_give_the_library_mask(server, explainer, chel
         saved = Path(download.value.path()).read_bytes()
         _assert_same_mask(_png_mask(saved), explainer(chelsea_png, "tabby")[0, 0])
 
-        box = threshold_box(tabby.mask, 0.9)
+        box = mask_box(tabby.mask, 0.9)
         page.locator("#threshold input[type=number]").fill("0.9")
         page.locator("#threshold input[type=number]").press("Enter")
         expected = f"box at 0.90: ({box[0]}, {box[1]}) to ({box[2]}, {box[3]})"

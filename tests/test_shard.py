@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rtsal.engine.journal import Journal, Shard, choose_shard, parse_shard, process_device
+from rtsal.device import process_device
 from rtsal.errors import RtsalError
+from rtsal.runs.journal import Journal
+from rtsal.runs.shards import Shard, choose_shard, parse_shard
 from tests.helpers import LITE_PLUGIN, SHARED_DATA, assert_one_line_error, run_main
 from tests.test_explain_resume import (  # noqa: F401 (fixtures)
     BATCH,

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rtsal.data.folders import open_dataset, split_folder
+from rtsal.data.arrays import split_folder
+from rtsal.data.folders import open_dataset
 from rtsal.registry.classes import ClassResolver
 
 
@@ -54,7 +55,8 @@ def test_split_folder_decodes_into_memory_with_the_black_box_order(tmp_path):
 
 
 def test_classifier_trains_on_a_split_folder(tmp_path):
-    from rtsal.tools.classifier import ClassifierConfig, load_classifier, train_classifier
+    from rtsal.registry.classifiers import load_classifier
+    from rtsal.tools.classifier import ClassifierConfig, train_classifier
 
     names = ["red", "green", "blue"]
     root = _make(tmp_path / "c", names, per_class=20)

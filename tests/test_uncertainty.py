@@ -18,7 +18,7 @@ from rtsal.metrics.uncertainty import (
     mcnemar_exact,
     wilson_interval,
 )
-from rtsal.tools.compare import compare_scores, describe
+from rtsal.runs.compare import compare_scores, describe
 from tests.helpers import assert_one_line_error, run_main
 
 

@@ -149,7 +149,7 @@ def test_train_and_explain_with_a_vit_black_box(tmp_path):
 
 @pytest.mark.slow
 def test_a_small_vit_classifier_trains_and_serves_as_a_black_box(tmp_path):
-    from rtsal.tools.classifier import load_classifier
+    from rtsal.registry.classifiers import load_classifier
 
     out = tmp_path / "vit"
     run = run_main(

@@ -1,5 +1,7 @@
 """The ``rtsal`` command line. Each sub-command lives in its own module, parses its options and
-calls one library function; plugins may add commands through the ``register_commands`` hook."""
+calls one library function; plugins may add commands through the ``register_commands`` hook.
+
+It may import every package; only ``python -m rtsal`` (:mod:`rtsal.__main__`) imports it."""
 
 from __future__ import annotations
 

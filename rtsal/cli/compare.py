@@ -22,7 +22,7 @@ def compare(a: Run, b: Run, seed: Seed = 0, json_out: JsonOut = False) -> None:
     """Compare two methods (or checkpoints) scored on the same images: each metric of both, the
     difference, and whether it is more than chance (exact McNemar test for rates, a
     paired-bootstrap 95 % interval for per-image scores)."""
-    from rtsal.tools.compare import compare_scores, describe
+    from rtsal.runs.compare import compare_scores, describe
 
     c = compare_scores(a, b, seed=seed)
     typer.echo(json.dumps(c.to_dict()) if json_out else describe(c))

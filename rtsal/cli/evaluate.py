@@ -62,7 +62,8 @@ def evaluate(
     """Accuracy, f_c on preserved/destroyed images and mask areas for true and fake classes."""
     from rtsal.data.folders import make_loader
     from rtsal.device import resolve_device
-    from rtsal.engine.checkpoint import load_masker, prepare_out_dir
+    from rtsal.engine.checkpoint import load_masker
+    from rtsal.files import prepare_out_dir
     from rtsal.registry.resolve import resolve_models
     from rtsal.tools.evaluate import evaluate_masker, training_removal
 

@@ -23,7 +23,7 @@ from rtsal.cli._options import (
 from rtsal.inference import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
-    from rtsal.inference.files import ExplainRun
+    from rtsal.runs.explain import ExplainRun
 
 PARTIAL_FAILURE_EXIT = 3
 
@@ -116,8 +116,8 @@ def explain(
     """Explain what the black box sees in each input; writes masks, overlays and the
     (image x mask, image x (1 - mask)) pair. Exit code 3 when some inputs could not be read."""
     from rtsal.errors import RtsalError
-    from rtsal.inference.files import explain_inputs, video_input
     from rtsal.registry.methods import parse_method_options
+    from rtsal.runs.explain import explain_inputs, video_input
 
     if topk is not None and topk < 1:
         raise typer.BadParameter("--topk must be at least 1")

@@ -25,7 +25,7 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print what was merged as 
 
 def merge(sources: Sources, out: Out = None, json_out: JsonOut = False) -> None:
     """Join the outputs of shards (--shard I/N) into the folder one run would have written."""
-    from rtsal.tools.merge import merge_outputs
+    from rtsal.runs.merge import merge_outputs
 
     result = merge_outputs(sources, out)
     e = result.explanations

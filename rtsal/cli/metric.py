@@ -1,7 +1,7 @@
 """``rtsal metric`` and ``rtsal localize``: the paper's evaluation for any method, one pass per
 method over the images. Each command reads its options into a
-:class:`rtsal.metrics.scoring.SampleSource` and :class:`rtsal.metrics.scoring.ScoringOptions`
-and calls :func:`rtsal.metrics.scoring.run_scoring`."""
+:class:`rtsal.runs.scoring.SampleSource` and :class:`rtsal.runs.scoring.ScoringOptions`
+and calls :func:`rtsal.runs.scoring.run_scoring`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from rtsal.cli._options import (
     TrustCodeOption,
     WeightsOption,
 )
-from rtsal.metrics.scoring import SampleSource, ScoringOptions
+from rtsal.runs.scoring import SampleSource, ScoringOptions
 
 _DEFAULT = ScoringOptions()  # every default of the scoring options lives in ScoringOptions
 
@@ -265,7 +265,7 @@ def localize(
 
 
 def _run(source: SampleSource, options: ScoringOptions, json_out: bool) -> None:
-    from rtsal.metrics.scoring import run_scoring
+    from rtsal.runs.scoring import run_scoring
 
     with progress_bar() as progress:
         result = run_scoring(source, options, progress=progress)

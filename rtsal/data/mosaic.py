@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from rtsal.boxes import Box, box_iou, salient_box
 from rtsal.engine import _rng
 
-Box = tuple[int, int, int, int]
 TILE_CHOICES = (2, 4)
 MAX_TILES = 4
 NO_CLASS = -1  # padding in the per-sample list of classes present
@@ -207,8 +207,6 @@ def score_mosaic_masks(masks: torch.Tensor, boxes: Sequence[Box]) -> dict[str, f
     - ``mosaic_inside``: mean share of the mask's mass inside the target tile;
     - ``mosaic_pointing``: share of masks whose maximum lies in the target tile.
     """
-    from rtsal.metrics.saliency import box_iou, salient_box
-
     hits, inside, points = [], [], []
     for m, b in zip(masks, boxes, strict=True):
         m = m.reshape(m.shape[-2], m.shape[-1]).float()

@@ -8,8 +8,6 @@ the black box's id, classes and preprocessing and is checked on load.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import torch
 
 from rtsal import __version__
 from rtsal.errors import CheckpointError, RtsalError
+from rtsal.files import atomic_write_bytes, prepare_out_dir  # noqa: F401 (moved; importable here)
 
 META_NAME = "rtsal.json"
 SHIPPED = Path(__file__).parents[1] / "assets" / "efficientnet_lite0"
@@ -30,46 +29,6 @@ def default_checkpoint() -> Path:
     if not (SHIPPED / META_NAME).is_file():
         raise RtsalError("no shipped masking model in this installation; pass --checkpoint")
     return SHIPPED
-
-
-def prepare_out_dir(path: str | Path) -> Path:
-    """Create ``path`` (a directory) and check it is writable, before any long work starts."""
-    out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise RtsalError(f"output path exists and is not a directory: {out}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".rtsal-write-test-"):
-            pass
-    except OSError as exc:
-        raise RtsalError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
-    return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; finished files get the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def remove_stale_temporaries(out: Path) -> list[Path]:
-    """Delete temporary files a killed writer left behind (never a finished file)."""
-    stale = [p for p in out.glob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 def write_checkpoint(

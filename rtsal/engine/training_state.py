@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from rtsal.engine.checkpoint import atomic_write_bytes
 from rtsal.errors import CheckpointError
+from rtsal.files import atomic_write_bytes
 
 STATE_NAME = "training_state.safetensors"
 STATE_FORMAT = "rtsal-training-state"

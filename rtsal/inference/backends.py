@@ -133,7 +133,7 @@ class MethodBackend(MaskBackend):
 def cached_export_path(checkpoint: Path, cache: Path | None = None) -> Path:
     """Where the ONNX file of ``checkpoint`` is kept: keyed by the checkpoint's bytes and the
     versions of rtsal and torch, so a changed checkpoint or exporter gets a new file."""
-    from rtsal.data.folders import cache_dir
+    from rtsal.data.cache import cache_dir
     from rtsal.engine.checkpoint import META_NAME
 
     meta = checkpoint / META_NAME

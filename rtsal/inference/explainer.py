@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rtsal.boxes import mask_box
 from rtsal.data.images import _to_rgb, fit_size, load_image, pil_interpolation, pil_to_tensor
 from rtsal.engine.checkpoint import Checkpoint
 from rtsal.errors import RtsalError
 from rtsal.inference import DEFAULT_BATCH_SIZE
-from rtsal.metrics.boxes import threshold_box
 from rtsal.registry.classes import ClassResolver
 
 ImageLike = Image.Image | str | Path | torch.Tensor  # one image (a tensor: one or a batch)
@@ -514,7 +514,7 @@ class Explainer:
             p_preserved=scores[1],
             p_destroyed=scores[2],
             area=float(full.mean()),
-            box=threshold_box(full),
+            box=mask_box(full),
         )
 
     def _explain_chunk(

@@ -13,7 +13,6 @@ Batch, height and width are dynamic; height and width must be multiples of the e
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +29,7 @@ from torch import nn
 from rtsal import __version__
 from rtsal.engine.model import TOP1
 from rtsal.errors import RtsalError, UnknownNameError
+from rtsal.files import atomic_write_bytes, atomic_write_with
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {
@@ -187,22 +187,6 @@ def prepare_output(out: str | Path) -> Path:
     return path
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path``, then rename it over ``path``."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; finished files get the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _as_wrapper(ckpt: str | Path | ExportableMasker | None) -> ExportableMasker:
     return ckpt if isinstance(ckpt, ExportableMasker) else ExportableMasker.from_checkpoint(ckpt)
 
@@ -268,8 +252,6 @@ def describe(
 
 
 def _write_sidecar(path: Path, description: dict[str, Any]) -> Path:
-    from rtsal.engine.checkpoint import atomic_write_bytes
-
     side = sidecar_path(path)
     atomic_write_bytes(side, (json.dumps(description, indent=2) + "\n").encode())
     return side
@@ -313,7 +295,7 @@ def _export(
                 )
             result["check"] = res
 
-    _write_atomically(path, write_and_check)
+    atomic_write_with(path, write_and_check)
     side = _write_sidecar(path, describe(wrapper, fmt, path, hw, **extra))
     return ExportResult(path, side, fmt, path.stat().st_size, result.get("check"))
 

@@ -146,9 +146,9 @@ def box_batch(
     box; ``s_batch`` (N, 1, H, W) float32 is 1 inside that class's boxes (scaled with the
     photo), 0 elsewhere. A missing photo or box raises :class:`~rtsal.errors.DataError`.
     """
+    from rtsal.boxes import resize_box
+    from rtsal.data.annotations import annotation_entries, read_boxes
     from rtsal.data.images import load_image, pil_interpolation, pil_to_tensor
-    from rtsal.metrics.localization import annotation_entries, read_boxes
-    from rtsal.metrics.saliency import resize_box
     from rtsal.registry.classes import ClassResolver
 
     path = Path(path).expanduser()

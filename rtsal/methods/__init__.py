@@ -2,6 +2,9 @@
 
 One module per method; this plugin module itself imports none of them (nor torch) until the
 methods are asked for, so loading the plugins stays cheap.
+
+It may import the foundation, the engine, the registry and data; not metrics, nor inference (the
+explainer uses methods, not the other way round).
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtsal.boxes import Box, mask_array
 from rtsal.engine.removal import gaussian_blur
-from rtsal.metrics.saliency import Box, mask_array
 
 Baseline = str | torch.Tensor  # "zeros", "blur", "mean", or an image (C, H, W) / (B, C, H, W)
 

@@ -12,54 +12,24 @@ Two protocols, both "ground-truth class known" (the mask explains the annotated 
   the maximum over thresholds. V1 counts IoU >= 0.5; V2 averages the maxima at IoU >= 0.3, 0.5
   and 0.7 and matches the best box among all components.
 
-Boxes are rtsal's ``Box = (x0, y0, x1, y1)``: 0-based pixel indices, x1 and y1 exclusive.
-The readers below turn Pascal VOC / ImageNet XML, COCO JSON and a plain CSV into
-``{image file name: [(class name, Box), ...]}`` and raise ``DataError`` on malformed input.
+Boxes are rtsal's ``Box = (x0, y0, x1, y1)``: 0-based pixel indices, x1 and y1 exclusive; a
+mask's box is :func:`rtsal.boxes.mask_box` (``largest=True`` for MaxBoxAcc's component).
+Ground-truth boxes are read from annotation files by :mod:`rtsal.data.annotations`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-from rtsal.errors import DataError
-from rtsal.metrics.boxes import threshold_box
-from rtsal.metrics.saliency import Box, box_iou, mask_array
-
-Annotations = dict[str, list[tuple[str, Box]]]
-
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+from rtsal.boxes import Box, box_iou, component_boxes, mask_array
 
 # --------------------------------------------------------------------------- the paper's protocol
-
-
-def mask_box(mask: torch.Tensor | np.ndarray, threshold: float = 0.5) -> Box | None:
-    """The tightest box around all pixels of one mask ((H, W) or (1, H, W)) above
-    ``threshold``; None when there are none."""
-    return threshold_box(torch.as_tensor(_map32(mask)), threshold)
-
-
-def mask_boxes(
-    masks: Iterable[torch.Tensor | np.ndarray], threshold: float = 0.5
-) -> list[Box | None]:
-    """:func:`mask_box` of each mask; a batch (B, 1, H, W) iterates as B masks."""
-    return [mask_box(m, threshold) for m in masks]
-
-
-def _map32(mask: torch.Tensor | np.ndarray) -> np.ndarray:
-    # thresholds are compared in float32, the precision of rtsal's masks, so that a mask value
-    # written as 0.6 is not "above" the threshold 0.6
-    return mask_array(mask).astype(np.float32)
 
 
 def _check_lengths(pred: Sequence[Any], gt: Sequence[Sequence[Box]]) -> None:
@@ -139,33 +109,6 @@ def localisation_error(
 # --------------------------------------------------------------------------- MaxBoxAcc
 
 
-def _component_slices(on: np.ndarray) -> tuple[list[tuple[slice, slice]], np.ndarray]:
-    labels, n = ndimage.label(on, structure=_EIGHT_CONNECTED)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    return ndimage.find_objects(labels), sizes
-
-
-def _slice_box(s: tuple[slice, slice]) -> Box:
-    return s[1].start, s[0].start, s[1].stop, s[0].stop
-
-
-def component_boxes(mask: torch.Tensor | np.ndarray, threshold: float) -> list[Box]:
-    """Boxes of the 8-connected components of ``mask > threshold``, largest first (pixel count;
-    ties in label order, i.e. by first pixel in raster order)."""
-    slices, sizes = _component_slices(_map32(mask) > np.float32(threshold))
-    order = np.argsort(-sizes, kind="stable")
-    return [_slice_box(slices[i]) for i in order]
-
-
-def largest_component_box(mask: torch.Tensor | np.ndarray, threshold: float) -> Box | None:
-    """Tightest box around the largest 8-connected component of ``mask > threshold``; None if
-    no pixel is above the threshold."""
-    slices, sizes = _component_slices(_map32(mask) > np.float32(threshold))
-    if len(slices) == 0:
-        return None
-    return _slice_box(slices[int(np.argmax(sizes))])
-
-
 def threshold_grid(step: float = 0.01) -> np.ndarray:
     """``0, step, 2 step, ...`` below 1, as wsolevaluation's ``np.arange(0, 1, step)``."""
     n = math.ceil(1.0 / step - 1e-9)
@@ -229,14 +172,14 @@ def max_box_hits(
     bool. The box is the largest 8-connected component's, or with ``all_components`` the best
     of all components'. No pixel above τ is wrong. The mask is thresholded as given (in float32):
     normalise it first (:func:`normalize_map`) for the protocol."""
-    m = _map32(mask)
+    m = mask_array(mask, np.float32)
     hits = np.zeros((len(iou_thresholds), len(thresholds)), dtype=bool)
     for j, tau in enumerate(thresholds):
-        slices, sizes = _component_slices(m > np.float32(tau))
-        if not slices:
+        boxes = component_boxes(m, tau)  # largest first
+        if not boxes:
             continue
-        chosen = slices if all_components else [slices[int(np.argmax(sizes))]]
-        iou = max(box_iou(_slice_box(s), g) for s in chosen for g in gt_boxes)
+        chosen = boxes if all_components else boxes[:1]
+        iou = max(box_iou(b, g) for b in chosen for g in gt_boxes)
         hits[:, j] = [iou >= delta for delta in iou_thresholds]
     return hits
 
@@ -348,273 +291,3 @@ def max_box_accuracy_v2(
         all_components=True,
         normalize=normalize,
     )
-
-
-# --------------------------------------------------------------------------- box readers
-
-
-def _number(text: Any, where: str, field: str) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: {field} is {text!r}, not a number") from None
-    if not math.isfinite(value):
-        raise DataError(f"{where}: {field} is {text!r}, not a finite number")
-    return value
-
-
-def _round(v: float) -> int:
-    return math.floor(v + 0.5)
-
-
-def _checked_box(box: Box, where: str, shown: str) -> Box:
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise DataError(f"{where}: empty box {shown} (needs x1 > x0 and y1 > y0)")
-    return box
-
-
-def _voc_objects(path: Path, skip_difficult: bool) -> tuple[str, list[tuple[str, Box]]]:
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise DataError(f"{path}: not valid XML ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    name_el = root.find("filename")
-    image = name_el.text.strip() if name_el is not None and name_el.text else path.stem
-    objects: list[tuple[str, Box]] = []
-    for k, obj in enumerate(root.iter("object"), start=1):
-        where = f"{path}: object {k}"
-        cls = (obj.findtext("name") or "").strip()
-        if not cls:
-            raise DataError(f"{where} has no <name>")
-        where = f"{path}: object {k} ({cls})"
-        if skip_difficult and (obj.findtext("difficult") or "0").strip() == "1":
-            continue
-        bnd = obj.find("bndbox")
-        if bnd is None:
-            raise DataError(f"{where} has no <bndbox>")
-        vals = {}
-        for tag in ("xmin", "ymin", "xmax", "ymax"):
-            text = bnd.findtext(tag)
-            if text is None:
-                raise DataError(f"{where}: <bndbox> has no <{tag}>")
-            vals[tag] = _round(_number(text.strip(), where, f"<{tag}>"))
-        # VOC pixels are 1-based and inclusive: columns xmin..xmax are 0-based xmin-1..xmax-1,
-        # i.e. the exclusive box [xmin - 1, xmax).
-        box = (vals["xmin"] - 1, vals["ymin"] - 1, vals["xmax"], vals["ymax"])
-        shown = "xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax}".format(**vals)
-        objects.append((cls, _checked_box(box, where, shown)))
-    return image, objects
-
-
-def read_voc_xml(path: str | Path, *, skip_difficult: bool = False) -> Annotations:
-    """Boxes of one Pascal VOC / ImageNet (ILSVRC) annotation file.
-
-    The key is the file's ``<filename>`` as written (ImageNet's carry no extension, e.g.
-    ``ILSVRC2012_val_00000001``; ``boxes_for`` matches such names by stem), or the XML file's
-    stem when it has none. Each ``<object>`` gives ``(<name>, box)``.
-
-    Coordinates: VOC's ``<bndbox>`` holds 1-based, inclusive pixel indices, so
-    ``xmin..xmax`` becomes rtsal's 0-based, exclusive ``(xmin - 1, ymin - 1, xmax, ymax)`` (the
-    width ``xmax - xmin + 1`` is kept). ImageNet's XML follows the same format and is converted
-    the same way. Fractional values (a few VOC 2012 files) are rounded half up.
-    """
-    image, objects = _voc_objects(Path(path), skip_difficult)
-    return {image: objects}
-
-
-def read_voc_dir(directory: str | Path, *, skip_difficult: bool = False) -> Annotations:
-    """All ``*.xml`` files of ``directory`` (not recursive), read with ``read_voc_xml``."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise DataError(f"annotation folder not found: {root}")
-    out: Annotations = {}
-    files = sorted(root.glob("*.xml"))
-    if not files:
-        raise DataError(f"{root}: no .xml annotation files")
-    for f in files:
-        image, objects = _voc_objects(f, skip_difficult)
-        out.setdefault(image, []).extend(objects)
-    return out
-
-
-def _require(entry: Any, keys: Sequence[str], where: str) -> None:
-    if not isinstance(entry, dict):
-        raise DataError(f"{where} is not an object")
-    for key in keys:
-        if key not in entry:
-            raise DataError(f"{where} has no {key!r}")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-
-
-def read_coco_json(path: str | Path, *, skip_crowd: bool = False) -> Annotations:
-    """Boxes of a COCO instances file (``images``, ``annotations`` with ``bbox``,
-    ``categories``), keyed by each image's ``file_name``; images without annotations map to [].
-
-    COCO's ``bbox`` is ``[x, y, width, height]`` in continuous pixel coordinates (pixel i spans
-    [i, i + 1)); the box is ``(x, y, x + width, y + height)`` with each edge rounded half up.
-    ``skip_crowd`` drops ``iscrowd`` regions.
-    """
-    path = Path(path)
-    return _coco_annotations(_read_json(path), path, skip_crowd)
-
-
-def _coco_annotations(data: Any, path: Path, skip_crowd: bool = False) -> Annotations:
-    _require(data, ("images", "annotations", "categories"), f"{path}: the top level")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data[key], list):
-            raise DataError(f"{path}: {key!r} is not a list")
-    categories: dict[Any, str] = {}
-    for k, cat in enumerate(data["categories"]):
-        _require(cat, ("id", "name"), f"{path}: categories[{k}]")
-        categories[cat["id"]] = str(cat["name"])
-    files: dict[Any, str] = {}
-    out: Annotations = {}
-    for k, im in enumerate(data["images"]):
-        _require(im, ("id", "file_name"), f"{path}: images[{k}]")
-        files[im["id"]] = str(im["file_name"])
-        out.setdefault(files[im["id"]], [])
-    for k, ann in enumerate(data["annotations"]):
-        where = f"{path}: annotations[{k}]"
-        _require(ann, ("image_id", "category_id", "bbox"), where)
-        if ann["image_id"] not in files:
-            raise DataError(f"{where}: image_id {ann['image_id']!r} is not among the images")
-        if ann["category_id"] not in categories:
-            raise DataError(f"{where}: category_id {ann['category_id']!r} is not a category")
-        bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DataError(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
-        x, y, w, h = (_number(v, where, f"bbox[{i}]") for i, v in enumerate(bbox))
-        if skip_crowd and ann.get("iscrowd", 0):
-            continue
-        box = (_round(x), _round(y), _round(x + w), _round(y + h))
-        box = _checked_box(box, where, f"bbox={bbox!r}")
-        out[files[ann["image_id"]]].append((categories[ann["category_id"]], box))
-    return out
-
-
-CSV_COLUMNS = ("image", "class", "x0", "y0", "x1", "y1")
-
-
-def read_box_csv(path: str | Path) -> Annotations:
-    """Boxes of a CSV file with a header naming the columns ``image,class,x0,y0,x1,y1`` (in any
-    order; other columns are ignored), one box per row, in rtsal's convention: 0-based pixel
-    indices, x1 and y1 exclusive. Integer coordinates (``3`` or ``3.0``) are expected;
-    fractional ones are rounded half up."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            header = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in CSV_COLUMNS if c not in header]
-            if missing:
-                raise DataError(
-                    f"{path}: the header must name the columns {','.join(CSV_COLUMNS)} "
-                    f"(missing: {', '.join(missing)})"
-                )
-            reader.fieldnames = header
-            out: Annotations = {}
-            for row in reader:
-                where = f"{path}: line {reader.line_num}"
-                values = {c: (row.get(c) or "").strip() for c in CSV_COLUMNS}
-                empty = [c for c in CSV_COLUMNS if not values[c]]
-                if empty:
-                    raise DataError(f"{where}: missing {', '.join(empty)}")
-                x0, y0, x1, y1 = (_round(_number(values[c], where, c)) for c in CSV_COLUMNS[2:])
-                box = _checked_box((x0, y0, x1, y1), where, f"({x0}, {y0}, {x1}, {y1})")
-                out.setdefault(values["image"], []).append((values["class"], box))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text file") from None
-    return out
-
-
-def read_image_box_json(path: str | Path) -> Annotations:
-    """Boxes of a per-image JSON file: ``{file: {"synset" | "label" | "name": ..., "boxes":
-    [[x0, y0, x1, y1], ...]}}`` in the file's own pixels (the form of ImageNet-val box sets
-    such as ``imagenet-val-boxes/boxes.json``). The class is named by its synset when given
-    (unambiguous), else by its name, else by its index; edges are rounded half up."""
-    path = Path(path)
-    return _image_box_annotations(_read_json(path), path)
-
-
-def _image_box_annotations(data: Any, path: Path) -> Annotations:
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: the top level is not an object")
-    out: Annotations = {}
-    for image, entry in data.items():
-        where = f"{path}: {image!r}"
-        _require(entry, ("boxes",), where)
-        cls = next((entry[k] for k in ("synset", "name", "label") if k in entry), None)
-        if cls is None:
-            raise DataError(f"{where} names no class (synset, name or label)")
-        if not isinstance(entry["boxes"], list):
-            raise DataError(f"{where}: 'boxes' is not a list")
-        boxes = []
-        for k, b in enumerate(entry["boxes"]):
-            if not isinstance(b, list) or len(b) != 4:
-                raise DataError(f"{where}: boxes[{k}] must be [x0, y0, x1, y1], got {b!r}")
-            x0, y0, x1, y1 = (_round(_number(v, where, f"boxes[{k}]")) for v in b)
-            boxes.append((str(cls), _checked_box((x0, y0, x1, y1), where, repr(b))))
-        out[str(image)] = boxes
-    return out
-
-
-def _read_json_boxes(path: Path) -> Annotations:
-    """COCO instances, or per-image boxes (:func:`read_image_box_json`), told apart by shape."""
-    data = _read_json(path)
-    if isinstance(data, dict) and "annotations" not in data and "images" not in data:
-        return _image_box_annotations(data, path)
-    return _coco_annotations(data, path)
-
-
-def read_boxes(path: str | Path) -> Annotations:
-    """Read ground-truth boxes by form: a folder of VOC XML files, ``.xml``, ``.json`` (COCO, or
-    per-image boxes as in ``imagenet-val-boxes/boxes.json``) or ``.csv``. A folder holding a
-    ``boxes.json`` is read as that file."""
-    p = Path(path)
-    if p.is_dir() and (p / "boxes.json").is_file():
-        return _read_json_boxes(p / "boxes.json")
-    if p.is_dir():
-        return read_voc_dir(p)
-    readers = {".xml": read_voc_xml, ".json": _read_json_boxes, ".csv": read_box_csv}
-    reader = readers.get(p.suffix.lower())
-    if reader is None:
-        raise DataError(f"{p}: unknown box file type (expected a folder, .xml, .json or .csv)")
-    if not p.exists():
-        raise DataError(f"box file not found: {p}")
-    return reader(p)
-
-
-def annotation_entries(
-    annotations: Mapping[str, Sequence[tuple[str, Box]]], image: str
-) -> Sequence[tuple[str, Box]]:
-    """The (class name, box) entries of ``image``; [] for an image without annotations.
-
-    ``image`` may be a path: it is looked up as given, then by file name, then by stem (ImageNet's
-    XML names images without extension).
-    """
-    name = Path(image).name
-    for key in (image, name, Path(name).stem):
-        if key in annotations:
-            return annotations[key]
-    return []
-
-
-def boxes_for(
-    annotations: Mapping[str, Sequence[tuple[str, Box]]], image: str, class_name: str | None = None
-) -> list[Box]:
-    """The boxes of ``image`` (looked up as :func:`annotation_entries` does), only those of
-    ``class_name`` if given."""
-    entries = annotation_entries(annotations, image)
-    return [box for cls, box in entries if class_name is None or cls == class_name]

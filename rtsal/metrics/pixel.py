@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from rtsal.metrics.saliency import mask_array
+from rtsal.boxes import mask_array
 
 LEVELS = 256
 BETA2 = 0.3  # β² of the F-measure (Achanta et al. 2009)

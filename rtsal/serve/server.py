@@ -19,25 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rtsal.errors import RtsalError
+from rtsal.serve._gradio import check_gradio
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 # Megabytes a file: larger uploads are refused by Gradio's upload route (HTTP 413) before any of
 # rtsal's code runs. What a file may decode to is bounded apart, by RTSAL_MAX_PIXELS.
 DEFAULT_MAX_UPLOAD_MB = 20
-GRADIO_MISSING = "rtsal serve needs Gradio: pip install 'rtsal[serve]'"
-
-
-def check_gradio() -> None:
-    """Gradio is installed (found, not imported: importing it takes seconds)."""
-    import importlib.util
-
-    try:
-        found = importlib.util.find_spec("gradio") is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise RtsalError(GRADIO_MISSING)
 
 
 def check_port(host: str, port: int) -> None:
@@ -83,7 +71,8 @@ def serve(
     check_gradio()
     from starlette.middleware import Middleware
 
-    from rtsal.serve.app import SaliencyDemo, build_app, write_example_photos
+    from rtsal.serve.app import SaliencyDemo, write_example_photos
+    from rtsal.serve.page import build_app
     from rtsal.serve.uploads import UploadCounter, Uploads
 
     with stop_on_sigterm():

@@ -42,9 +42,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from rtsal.boxes import Box, mask_box
 from rtsal.engine._rng import mix
 from rtsal.errors import RtsalError, UnknownNameError
-from rtsal.metrics.saliency import Box
 
 GENERATOR = "rtsal.tools.canvas"
 GENERATOR_VERSION = 1
@@ -85,7 +85,7 @@ class CanvasConfig:
 
     def checked(self) -> CanvasConfig:
         """A copy with the source name normalised; raises ``RtsalError`` on bad values."""
-        from rtsal.data.folders import DataSpec
+        from rtsal.data.arrays import DataSpec
 
         named = DataSpec(self.source).named
         if named is None:
@@ -144,12 +144,6 @@ def canvas_id(split: str, index: int, count: int) -> str:
     """``train-000123``: at least six digits, more when the split is larger."""
     width = max(6, len(str(max(count - 1, 0))))
     return f"{split}-{index:0{width}d}"
-
-
-def mask_box(mask: np.ndarray) -> Box:
-    """Tight box (x0, y0, x1, y1), exclusive ends, of the true pixels of a non-empty mask."""
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def _split_code(split: str) -> int:
@@ -357,7 +351,7 @@ def render_canvas(
 def voc_xml(filename: str, size: int, class_name: str, box: Box, provenance: str = "") -> str:
     """A Pascal VOC annotation with one object. VOC pixels are 1-based and inclusive, so the
     exclusive 0-based box (x0, y0, x1, y1) is written as xmin=x0+1, ymin=y0+1, xmax=x1, ymax=y1
-    (what ``rtsal.metrics.localization.read_voc_xml`` reads back as the same box)."""
+    (what ``rtsal.data.annotations.read_voc_xml`` reads back as the same box)."""
     x0, y0, x1, y1 = box
     return (
         "<annotation>\n"
@@ -418,9 +412,9 @@ def is_canvas_dir(path: str | Path) -> bool:
 
 
 def _load_source(cfg: CanvasConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
-    from rtsal.data.folders import _load_cifar10, _load_fashion_mnist
+    from rtsal.data.arrays import load_cifar10, load_fashion_mnist
 
-    loader = _load_cifar10 if cfg.source == "cifar10" else _load_fashion_mnist
+    loader = load_cifar10 if cfg.source == "cifar10" else load_fashion_mnist
     root = Path(cfg.data_root).expanduser() if cfg.data_root else None
     x, y = loader(root, split)
     return x.numpy(), y.numpy()
@@ -467,7 +461,7 @@ def make_canvas_dataset(cfg: CanvasConfig, out_dir: str | Path, progress=None) -
     ``canvas.json`` is written last, so a folder without it is an unfinished run.
     """
     from rtsal import __version__
-    from rtsal.data.folders import named_class_names
+    from rtsal.data.arrays import named_class_names
 
     cfg = cfg.checked()
     class_names = list(named_class_names(cfg.source))

@@ -29,12 +29,7 @@ from torch.profiler import record_function
 
 from rtsal.data.folders import EpochBatchSampler, open_dataset
 from rtsal.engine import _rng
-from rtsal.engine.checkpoint import (
-    atomic_write_bytes,
-    prepare_out_dir,
-    remove_stale_temporaries,
-    save_masker,
-)
+from rtsal.engine.checkpoint import save_masker
 from rtsal.engine.distributed import any_across, barrier, init_distributed, mean_across
 from rtsal.engine.model import (
     MaskerConfig,
@@ -52,6 +47,7 @@ from rtsal.engine.training_state import (
     save_training_state,
 )
 from rtsal.errors import CheckpointError, RtsalError
+from rtsal.files import atomic_write_bytes, prepare_out_dir, remove_temporaries
 from rtsal.registry.blackbox import BlackBox, create_black_box
 from rtsal.registry.classes import ClassResolver
 from rtsal.training.config import TrainConfig, read_config_file
@@ -254,7 +250,7 @@ class Trainer:
         self.out = Path(cfg.out)
         if self.dist.is_main:
             self.out = prepare_out_dir(cfg.out)
-            remove_stale_temporaries(self.out)
+            remove_temporaries(self.out)
         barrier(self.dist)
         torch.manual_seed(cfg.seed)
         self.black_box = black_box or create_black_box(

@@ -28,11 +28,13 @@ from pathlib import Path
 
 import torch
 
+from rtsal.boxes import Box, mask_box, resize_box, salient_box
+from rtsal.data.annotations import read_boxes
 from rtsal.data.mosaic import load_tile, mosaic_cases, render_case, score_mosaic_masks
 from rtsal.engine import _rng
 from rtsal.errors import DataError
-from rtsal.metrics.localization import LocalisationError, mask_box, read_boxes
-from rtsal.metrics.saliency import Box, resize_box, saliency_metric, salient_box
+from rtsal.metrics.localization import LocalisationError
+from rtsal.metrics.saliency import saliency_metric
 
 VALIDATION_STREAM = 11
 

@@ -28,7 +28,7 @@ class ClassifierCheckpointProvider:
             return True  # let create() report the broken file
 
     def create(self, name: str, **options: object) -> BlackBox:
-        from rtsal.tools.classifier import load_classifier
+        from rtsal.registry.classifiers import load_classifier
 
         return load_classifier(name)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rtsal.errors import RtsalError
-from rtsal.metrics.scoring import SCORES
 from rtsal.metrics.uncertainty import MeanComparison, RateComparison, compare_means, compare_rates
+from rtsal.runs.records import SCORES, collect_scores
 
 # (name in the output, record field, True when the rate counts the images where the field is false)
 RATES: tuple[tuple[str, str, bool], ...] = (
@@ -79,8 +79,7 @@ def _name(s: Scores) -> str:
 def _records(path: Path) -> tuple[Path, dict[str, Any], list[Any]]:
     """The header and records of ``path``: a records file, or a folder holding one run's scores
     (one file, or every shard of it: joined as ``rtsal merge`` joins them)."""
-    from rtsal.engine.journal import read_journal
-    from rtsal.metrics.scoring import collect_scores
+    from rtsal.runs.journal import read_journal
 
     path = Path(path).expanduser()
     if path.is_file():

@@ -3,7 +3,7 @@ killed or interrupted resumes where it stopped, shards of one run share a folder
 merge`` joins shards written to several folders.
 
 ``OUT/manifest.jsonl`` (``OUT/manifest.shard-I-of-N.jsonl`` for shard I/N) is a journal
-(:class:`rtsal.engine.journal.Journal`). Its header says what the run is::
+(:class:`rtsal.runs.journal.Journal`). Its header says what the run is::
 
     {"rtsal": "explain", "version": 1, "options": {...}, "images": 12, "inputs": "<digest>",
      "shard": "0/2", "batch_size": 16}
@@ -12,7 +12,7 @@ merge`` joins shards written to several folders.
 checkpoint, black box and its weights, method and its options, resize, precision, backend,
 --save-npy); ``images`` and ``inputs`` the number and a digest of the images listed. Then one
 line per batch of consecutive images (``batch_size`` of them; see
-:func:`rtsal.inference.files.explain_files`) whose output files are all written::
+:func:`rtsal.runs.explain.explain_files`) whose output files are all written::
 
     {"images": [{"index": 0, "name": "chelsea", "records": [{...}, ...]},
                 {"index": 1, "name": "broken", "error": "broken.jpg: ..."}]}
@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtsal.engine.journal import (
+from rtsal.errors import RtsalError
+from rtsal.runs.journal import (
     Journal,
-    Shard,
     fingerprint,
     first_difference,
     is_being_written,
     read_journal,
 )
-from rtsal.errors import RtsalError
+from rtsal.runs.shards import Shard
 
 KIND = "explain"
 VERSION = 1

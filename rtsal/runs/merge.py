@@ -5,25 +5,17 @@ one manifest; for scores, the records, the CSV rows, the summary and the PR curv
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtsal.engine.journal import Shard, atomic_lines, choose_shard, remove_temporaries
 from rtsal.errors import RtsalError
-from rtsal.inference.files import VIEW_FILES, write_finished
-from rtsal.inference.manifest import (
-    Finished,
-    manifest_name,
-    read_finished,
-    running_manifests,
-)
-from rtsal.metrics.scoring import MergedScores, collect_scores
+from rtsal.files import atomic_lines, link_or_copy, remove_temporaries
+from rtsal.runs.manifest import Finished, manifest_name, read_finished, running_manifests
+from rtsal.runs.outputs import VIEW_FILES, write_finished
+from rtsal.runs.records import MergedScores, collect_scores
+from rtsal.runs.shards import Shard, choose_shard
 
 
 @dataclass
@@ -64,7 +56,7 @@ def merge_outputs(sources: Sequence[str | Path], out: str | Path | None = None) 
     folder, in place). Outputs already in ``out`` take part. Refused in one line, before anything
     is written, when the shards are of different runs, when one is still running, or when some
     image or sample is in no shard's output."""
-    from rtsal.engine.checkpoint import prepare_out_dir
+    from rtsal.files import prepare_out_dir
 
     folders = [Path(s).expanduser() for s in sources]
     for f in folders:
@@ -128,7 +120,7 @@ def write_explanations(finished: Finished, out: Path) -> MergedExplanations:
     ``index.html`` in ``out``."""
     for src in _output_files(finished):
         if not _same(src.parent, out):
-            _link_or_copy(src, out / src.name)
+            link_or_copy(src, out / src.name)
     remove_temporaries(out, lambda name: name in VIEW_FILES or name == manifest_name(Shard()))
     _write_manifest(out, finished)
     write_finished(out, finished)
@@ -159,7 +151,7 @@ def _unfinished(finished: Finished) -> str:
 
 
 def _headers(finished: Finished) -> list[dict[str, Any]]:
-    from rtsal.engine.journal import read_journal
+    from rtsal.runs.journal import read_journal
 
     return [h for h in (read_journal(p)[0] for p in finished.manifests) if h]
 
@@ -175,26 +167,6 @@ def _output_files(finished: Finished) -> list[Path]:
                     raise RtsalError(f"{src} is missing, though a manifest of {folder} lists it")
                 files.append(src)
     return files
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` the same file as ``src``: a hard link where the file system allows, else a
-    copy; put in place by a rename, so ``dst`` is never partial."""
-    with contextlib.suppress(OSError):
-        if dst.exists() and os.path.samefile(src, dst):
-            return
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    os.unlink(tmp)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_manifest(out: Path, finished: Finished) -> None:
