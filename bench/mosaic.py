@@ -42,8 +42,9 @@ def main() -> None:
 
     from rtsal import keep_freed_memory
     from rtsal.data.mosaic import load_tile, mosaic_cases, render_case, score_mosaic_masks
-    from rtsal.engine.checkpoint import default_checkpoint, load_masker
+    from rtsal.engine.checkpoint import default_checkpoint
     from rtsal.registry.methods import create_method
+    from rtsal.registry.resolve import load_masking_model
 
     keep_freed_memory()
     rows_in = [line.split("\t") for line in Path(a.holdout).read_text().splitlines() if line]
@@ -57,7 +58,7 @@ def main() -> None:
     boxes = [b for _, b in rendered]
     classes = torch.tensor([c.labels[c.target] for c in cases])
     checkpoints = a.checkpoint or [str(default_checkpoint())]
-    _, black_box, _ = load_masker(checkpoints[0])
+    _, black_box, _ = load_masking_model(checkpoints[0])
     runs = []
     for name in a.methods.split(","):
         for ckpt in checkpoints if name == "masker" else [None]:

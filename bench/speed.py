@@ -85,19 +85,15 @@ def cpu_name() -> str:
 
 def setup(name: str, masker_ckpt: str | None):
     """(black box, masking model, image size) for a named configuration."""
-    from rtsal.engine.checkpoint import load_masker
     from rtsal.engine.model import MaskerConfig, build_masking_model
     from rtsal.registry.blackbox import create_black_box
     from rtsal.registry.classifiers import build_classifier
 
     torch.manual_seed(0)
     if name == "lite0":
-        if masker_ckpt:
-            model, box, _ = load_masker(masker_ckpt)
-        else:
-            from rtsal.engine.checkpoint import default_checkpoint
+        from rtsal.registry.resolve import load_masking_model
 
-            model, box, _ = load_masker(default_checkpoint())
+        model, box, _ = load_masking_model(masker_ckpt)  # default: the shipped model
         return box, model.eval(), 224
     if name == "resnet50":
         box = create_black_box("resnet50", pretrained=False)

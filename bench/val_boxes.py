@@ -29,9 +29,10 @@ def main() -> None:
 
     from rtsal.engine.checkpoint import load_masker
     from rtsal.registry.classes import ClassResolver
+    from rtsal.registry.resolve import load_masking_model
     from rtsal.training.validation import Validator, read_box_photos
 
-    _, black_box, _ = load_masker(a.checkpoints[0])
+    _, black_box, _ = load_masking_model(a.checkpoints[0])
     photos = read_box_photos(a.boxes, ClassResolver.for_black_box(black_box), a.exclude)
     validator = Validator([], black_box, black_box.input_size, box_photos=photos)
     rows = []

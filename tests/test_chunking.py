@@ -36,7 +36,7 @@ def only_the_lite_plugin():
 def explainer():
     from rtsal import Explainer
 
-    return Explainer(device="cpu")  # the shipped model
+    return Explainer(device="cpu", backend="pytorch")  # the shipped model, its decoder in reach
 
 
 @pytest.fixture(scope="module")

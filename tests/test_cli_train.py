@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtsal.engine.checkpoint import load_masker
+from rtsal.registry.resolve import load_masking_model
 from tests.helpers import (
     FASHION_MNIST_REASON,
     assert_one_line_error,
@@ -68,7 +68,8 @@ def test_train_writes_a_self_describing_checkpoint(fm_masker, fm_classifier):
 
 def test_checkpoint_loads_back_and_gives_masks(fm_masker):
     out, _ = fm_masker
-    model, box, _ = load_masker(out)  # needs nothing but the checkpoint
+    # its black box is a classifier folder outside the checkpoint: trusted explicitly
+    model, box, _ = load_masking_model(out, trust_code=True)
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         masks = model(x, torch.tensor([0, 4, 9])).mask
@@ -76,11 +77,16 @@ def test_checkpoint_loads_back_and_gives_masks(fm_masker):
     assert float(masks.min()) >= 0.0 and float(masks.max()) <= 1.0
 
 
-def test_evaluate_reports_and_draws_a_grid(fm_masker, tmp_path):
+def test_evaluate_reports_and_draws_a_grid(fm_masker, fm_classifier, tmp_path):
     out, _ = fm_masker
+    # the masker's black box is a classifier folder outside its checkpoint: named by the user
+    refused = run_main("evaluate", out, "--data", "fashion-mnist", "--limit", 10)
+    assert_one_line_error(refused, "--blackbox", "--trust-code")
     run = run_rtsal(
         "evaluate",
         out,
+        "--blackbox",
+        fm_classifier,
         "--data",
         "fashion-mnist",
         "--limit",

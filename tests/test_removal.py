@@ -158,3 +158,19 @@ def test_blur_is_per_channel():
     y = gaussian_blur(x, 2.0)
     assert torch.allclose(y[0, 0], torch.ones(16, 16), atol=1e-6)
     assert torch.equal(y[0, 1], torch.zeros(16, 16))
+
+
+def test_blur_prob_override_chooses_the_alternative():
+    """``blur_prob`` given per call (the preserve term's ``--keep-blur-prob``): 0 never blurs,
+    1 always does; the draws are the same, so only the choice changes."""
+    from rtsal.engine.removal import EvidenceRemoval, RemovalConfig, gaussian_blur
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    empty = torch.zeros(4, 1, 32, 32)  # everything removed: Phi(X, 0) = A
+    phi = EvidenceRemoval(RemovalConfig(noise_std=0.0))
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    solid = phi(x, empty, gens, blur_prob=0.0)
+    assert torch.all(solid.flatten(2).std(2) == 0)  # one colour per image and channel
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    blurred = phi(x, empty, gens, blur_prob=1.0)
+    assert torch.allclose(blurred, gaussian_blur(x, 10.0 * 32 / 224))

@@ -11,7 +11,8 @@ CheckpointOption = Annotated[
     Path | None,
     typer.Option(
         "--checkpoint",
-        help="Masking-model checkpoint (default: the shipped EfficientNet-Lite0 model).",
+        help="Masking-model checkpoint: a folder or hf:ORG/NAME (default: the model rtsal "
+        "ships for the black box; EfficientNet-Lite0's without --blackbox).",
     ),
 ]
 BlackBoxOption = Annotated[

@@ -94,6 +94,14 @@ DestroyDilationOption = Annotated[
         "the object's edge.",
     ),
 ]
+KeepBlurProbOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Share of blurred alternatives in the preserved image Phi(X, M) (default: the "
+        "paper's 0.5, as for the destroyed one); 0 fills what the mask removes with colour "
+        "and noise only, so the kept region alone must carry the class."
+    ),
+]
 EmbedWeightOption = Annotated[
     float | None, typer.Option(help="Weight of the class-embedding speed-up term (0 = off).")
 ]
@@ -233,6 +241,7 @@ def train(
     destroy_weight: DestroyWeightOption = None,
     destroy_power: DestroyPowerOption = None,
     destroy_dilation: DestroyDilationOption = None,
+    keep_blur_prob: KeepBlurProbOption = None,
     embed_weight: EmbedWeightOption = None,
     fake_prob: FakeProbOption = _DEFAULT.fake_prob,
     encoder: EncoderOption = _DEFAULT.encoder,

@@ -262,11 +262,13 @@ def read_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
 
 
 def read_checkpoint(
-    path: str | Path | Checkpoint, *, expected_format: str
+    path: str | Path | Checkpoint, *, expected_format: str, weights_name: str = MASKER_WEIGHTS
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
-    """Weights, description and folder of a checkpoint (a local folder or a read one)."""
+    """Weights, description and folder of a checkpoint (a local folder or a read one);
+    ``weights_name`` is the weights file of a description that names none."""
     ckpt = path if isinstance(path, Checkpoint) else read_checkpoint_folder(path)
     expect_format(ckpt, expected_format)
+    ckpt.meta.setdefault("weights", weights_name)
     return ckpt.read_weights(), ckpt.meta, ckpt.folder
 
 

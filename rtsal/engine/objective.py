@@ -44,6 +44,9 @@ class ObjectiveConfig:
     destroy_margin: float = 5.0
     border_penalty: float = 0.0
     destroy_dilation: int = 0  # pixels: the destroy term removes a mask grown by this much
+    # share of blurred alternatives in Phi(X, M), the preserved image (None: the removal's
+    # blur_prob, the paper's 0.5 for both terms); 0 asks the kept region alone to carry the class
+    keep_blur_prob: float | None = None
     embed_weight: float = 0.0  # optional speed-up term on max sigma(X^T C_s)
     removal: RemovalConfig = field(default_factory=RemovalConfig)
 
@@ -240,7 +243,8 @@ class SaliencyObjective:
             gk = [gk[i] for i in rows.tolist()]
             gd = [gd[i] for i in rows.tolist()]
         with record_function("rtsal: evidence removal"):
-            removed = torch.cat([self.removal(x, m, gk), self.removal(x, outside, gd)])
+            kept = self.removal(x, m, gk, blur_prob=self.config.keep_blur_prob)
+            removed = torch.cat([kept, self.removal(x, outside, gd)])
         with record_function("rtsal: black box"):
             return self.black_box(removed).chunk(2)
 

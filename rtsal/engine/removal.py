@@ -80,8 +80,10 @@ def alternative_image(
     config: RemovalConfig,
     generator: torch.Generator | None = None,
     generators: list[torch.Generator] | None = None,
+    blur_prob: float | None = None,
 ) -> torch.Tensor:
-    """A: per sample, a blurred X (prob ``blur_prob``) or a random colour with noise.
+    """A: per sample, a blurred X (prob ``blur_prob``, default the config's) or a random colour
+    with noise.
 
     Draws come from ``generator`` (one stream for the batch) or ``generators`` (one per sample).
     """
@@ -89,8 +91,9 @@ def alternative_image(
     H = x.shape[-2]
     colour = config.color_low + (config.color_high - config.color_low) * u_colour
     solid = colour + config.noise_std * noise
-    use_blur = (u_blur < config.blur_prob).to(x.dtype)
-    if config.blur_prob > 0:
+    blur_prob = config.blur_prob if blur_prob is None else blur_prob
+    use_blur = (u_blur < blur_prob).to(x.dtype)
+    if blur_prob > 0:
         blurred = gaussian_blur(x, config.blur_sigma * H / 224.0)
         return use_blur * blurred + (1 - use_blur) * solid
     return solid
@@ -108,14 +111,20 @@ class EvidenceRemoval:
         self.config = config or RemovalConfig()
         self.generator = generator
 
-    def alternative(self, x: torch.Tensor, generators: list | None = None) -> torch.Tensor:
-        return alternative_image(x, self.config, self.generator, generators)
+    def alternative(
+        self, x: torch.Tensor, generators: list | None = None, blur_prob: float | None = None
+    ) -> torch.Tensor:
+        return alternative_image(x, self.config, self.generator, generators, blur_prob)
 
     def __call__(
-        self, x: torch.Tensor, mask: torch.Tensor, generators: list | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        generators: list | None = None,
+        blur_prob: float | None = None,
     ) -> torch.Tensor:
         """Phi(X, M) with a fresh A; ``generators`` (one per sample) make the draws reproducible
-        per sample."""
+        per sample; ``blur_prob`` overrides the config's share of blurred alternatives."""
         if self.config.preserved_noise_std > 0:
             if generators is None:
                 noise = torch.randn(
@@ -126,4 +135,4 @@ class EvidenceRemoval:
                     x.device, x.dtype
                 )
             x = x + self.config.preserved_noise_std * noise
-        return apply_mask(x, mask, self.alternative(x, generators))
+        return apply_mask(x, mask, self.alternative(x, generators, blur_prob))

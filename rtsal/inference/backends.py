@@ -168,7 +168,7 @@ class OnnxMasker(MaskBackend):
             import onnxruntime as ort
         except ImportError:
             raise RtsalError(
-                "--backend onnxruntime needs ONNX Runtime: pip install 'rtsal[export]'"
+                "--backend onnxruntime needs ONNX Runtime: pip install onnxruntime"
             ) from None
         self.black_box = black_box
         self.path = cached_export_path(Path(checkpoint), cache)

