@@ -174,7 +174,7 @@ def test_validator_scores_a_perfect_tile_oracle(tmp_path):
     assert result["mosaic_loc"] == 1.0 and result["mosaic_inside"] == 1.0
     assert result["area_true"] == 1.0  # a one-colour photo is all its class
     assert result["area_absent"] == 0.0
-    assert result["score"] == result["mosaic_loc"]
+    assert result["score"] == result["mosaic_loc"] - result["wrong_way"]  # validation_score
 
 
 def test_mosaic_scores_by_hand():

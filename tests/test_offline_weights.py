@@ -48,14 +48,15 @@ def weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def masker(tmp_path_factory) -> Path:
-    """An (untrained) masking-model checkpoint for timm:resnet18, as `rtsal train` online
-    writes it: its black box comes from the hub unless told otherwise."""
+def masker(tmp_path_factory, weights) -> Path:
+    """An (untrained) masking-model checkpoint for timm:resnet18 with the weights of
+    ``weights`` (its fingerprint is theirs), as `rtsal train` online writes it: its black box
+    comes from the hub unless told otherwise."""
     from rtsal import create_black_box
     from rtsal.engine.checkpoint import save_masker
     from rtsal.engine.model import MaskerConfig, build_masking_model
 
-    box = create_black_box("resnet18", pretrained=False)
+    box = create_black_box("resnet18", weights=str(weights))
     torch.manual_seed(0)
     cfg = MaskerConfig(
         num_classes=1000,
@@ -85,6 +86,10 @@ def test_the_offline_hint_is_true_for_every_command(command, data, masker, weigh
     args = commands(data, masker)[command]
     assert_one_line_error(rtsal(*args), "cannot get pretrained weights for 'resnet18'", HINT)
     for given in (["--no-pretrained"], ["--weights", weights]):
+        if command == "explain (checkpoint)" and given == ["--no-pretrained"]:
+            # random weights are another network than the one the checkpoint was trained for
+            assert_one_line_error(rtsal(*args, *given), "output layer", "--allow-other-black-box")
+            given = [*given, "--allow-other-black-box"]
         run = rtsal(*args, *given)
         assert run.code == 0, run.stderr
         assert "error" not in run.stderr

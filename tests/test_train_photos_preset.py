@@ -49,6 +49,7 @@ def test_default_training_uses_the_photos_preset(unlabelled_photos, tmp_path, ca
     assert "preset photos" in err
     objective = seen["objective"]
     assert (objective.tv_weight, objective.area_weight, objective.destroy_weight) == (40, 9, 10)
+    assert objective.keep_blur_prob == 0.0  # the preserved image's fill: colour and noise
     meta = json.loads((out / "rtsal.json").read_text())
     training = meta["training"]
     assert training["preset"] == "photos" and meta["objective"]["preset"] == "photos"

@@ -57,10 +57,11 @@ DataRootOption = Annotated[
 PresetOption = Annotated[
     str,
     typer.Option(
-        help="auto, photos, paper or authors. photos (what trained rtsal's ImageNet maskers: "
-        "TV 40, area 9, destroy 10, lr 5e-4, batch 12, 30 % mosaics, colour jitter 0.1) is "
-        "what auto means for a pretrained classifier; paper (Eq. 4: TV 10, area 6, destroy 5, "
-        "lr 1e-3, batch 32) for the small from-scratch encoder. Options given win."
+        help="auto, photos, paper or authors. photos (what trains rtsal's ImageNet maskers: "
+        "TV 40, area 9, destroy 10, preserved image filled with colour only, lr 5e-4, batch "
+        "12, 30 % mosaics, colour jitter 0.1) is what auto means for a pretrained classifier "
+        "of photos; paper (Eq. 4: TV 10, area 6, destroy 5, lr 1e-3, batch 32) for small "
+        "images and the small from-scratch encoder. Options given win."
     ),
 ]
 EpochsOption = Annotated[float | None, typer.Option(help="Epochs to train.")]

@@ -7,7 +7,6 @@ The library's front door is :class:`Explainer` (``from rtsal import Explainer``;
 
 from __future__ import annotations
 
-import operator
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,37 +19,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rtsal.boxes import mask_box
-from rtsal.data.images import _to_rgb, fit_size, load_image, pil_interpolation, pil_to_tensor
+from rtsal.data.images import fit_size, pil_interpolation, pil_to_tensor
 from rtsal.engine.checkpoint import Checkpoint
 from rtsal.errors import RtsalError
 from rtsal.inference import DEFAULT_BATCH_SIZE
+from rtsal.inference.inputs import (
+    ImageLike,
+    InputChecks,
+    Target,
+    height_width,
+    resize_mode,
+)
+from rtsal.inference.memory import DEFAULT_CHUNK_SIZE, MemoryGuard
+from rtsal.inference.memory import memory_limit as read_memory_limit
 from rtsal.registry.classes import ClassResolver
-
-ImageLike = Image.Image | str | Path | torch.Tensor  # one image (a tensor: one or a batch)
-Target = int | str | Sequence[int | str] | torch.Tensor | None  # None: each image's top-1
-
-# Tensors are images in [0, 1]; values well outside (normalised or 0-255 images) are refused,
-# while the small overshoot of a bicubic resize is let through.
-_RANGE_SLACK = 0.25
-
-
-# (image, class) pairs decoded and scored in one pass (masks, f_c(X * M), f_c(X * (1 - M)),
-# boxes): the per-pair working memory is this many pairs' worth, whatever topk is. 16 is as fast
-# as 32 on a CPU (from 16 rows on, the 1 x 1 convolutions take oneDNN's faster path) for half
-# the memory (docs/performance.md).
-DEFAULT_CHUNK_SIZE = 16
-# Refuse a call whose estimated memory is above this (bytes; RTSAL_MEMORY_LIMIT, e.g. "12G",
-# overrides it, "0" turns the check off).
-DEFAULT_MEMORY_LIMIT = 8 * 10**9
-# Estimated working memory of one (image, class) pair in a chunk, per pixel at the model's
-# resolution: its encoder features, the decoder's activations, X * M, X * (1 - M) and the black
-# box's activations on them. Measured on the shipped model (EfficientNet-Lite0 at 224 x 352,
-# 35-45 MB a pair, docs/performance.md) and rounded up.
-PAIR_BYTES_PER_PIXEL = 600
-# What ``rtsal explain`` keeps of each (image, class) pair until the end: its record (about
-# 1.1 kB, measured with tracemalloc) and its rows in index.html and explanations.jsonl, built
-# at the end; rounded up.
-RECORD_BYTES = 4096
 
 
 @dataclass
@@ -186,7 +168,7 @@ class Explainer:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise RtsalError(f"--chunk-size must be a whole number of at least 1; got {chunk_size}")
         self.chunk_size = chunk_size
-        self.memory_limit = _memory_limit(memory_limit)
+        self.memory_limit = read_memory_limit(memory_limit)
         ckpt, box = resolve_models(
             checkpoint,
             black_box=black_box,
@@ -221,8 +203,9 @@ class Explainer:
             method_impl = create_method(method, self.black_box, **(method_options or {}))
             self.backend = MethodBackend(method_impl, method, self.black_box)
         self.black_box.to(memory_format=torch.channels_last)
-        self.resize = _resize_mode(resize, self.black_box)
+        self.resize = resize_mode(resize, self.black_box)
         self.resolver = ClassResolver.for_black_box(self.black_box)
+        self.checks = InputChecks(self.black_box, self.resolver)
         self.interp = pil_interpolation(self.black_box.interpolation)
 
     @property
@@ -356,17 +339,9 @@ class Explainer:
         hold_masks: bool = False,
         records: int = 0,
     ) -> dict[str, int]:
-        """Bytes a call needs, by what they are for (estimates, see ``PAIR_BYTES_PER_PIXEL``):
-        ``working`` for the encoder pass over ``images`` images and one chunk of (image, class)
-        pairs at model resolution ``size``; ``masks`` for the masks :meth:`explain_batch` returns
-        (at model resolution, ``hold_masks``); ``records`` for ``rtsal explain``'s records."""
-        pixels = size[0] * size[1]
-        pairs = images * per_image
-        return {
-            "working": (min(self.chunk_size, pairs) + images) * pixels * PAIR_BYTES_PER_PIXEL,
-            "masks": pairs * pixels * 4 if hold_masks else 0,
-            "records": records * RECORD_BYTES,
-        }
+        """Bytes a call needs, by what they are for (:meth:`MemoryGuard.estimate`)."""
+        guard = MemoryGuard(self.chunk_size, self.memory_limit)
+        return guard.estimate(images, per_image, size, hold_masks=hold_masks, records=records)
 
     def check_memory(
         self,
@@ -377,29 +352,14 @@ class Explainer:
         batch: int | None = None,
     ) -> None:
         """Refuse, in one line saying what to lower, a call whose estimate is above the limit
-        (``images`` in all, ``batch`` of them, default all, in one encoder pass)."""
-        total = sum(estimate.values())
-        if not self.memory_limit or total <= self.memory_limit:
-            return
-        biggest = max(estimate, key=estimate.__getitem__)
-        pairs = f"{images} image{'s' if images != 1 else ''} x {per_image} classes"
-        if biggest == "working":
-            at_once = min(self.chunk_size, (batch or images) * per_image)
-            what = f"{at_once} (image, class) pairs at a time"
-            lower = f"lower the chunk size (--chunk-size, chunk_size; now {self.chunk_size})"
-        elif biggest == "masks":
-            what = f"{pairs}, every mask held in the results"
-            lower = (
-                "lower topk or the number of images per call, or use iter_explanations "
-                "(one explanation at a time)"
-            )
-        else:
-            what = f"{pairs}, a record kept for each"
-            lower = "lower --topk or explain fewer images per run"
-        raise RtsalError(
-            f"explaining {what} would need about {total / 1e9:.1f} GB, above the "
-            f"{self.memory_limit / 1e9:.1f} GB limit: {lower} (or raise RTSAL_MEMORY_LIMIT)"
-        )
+        (:meth:`MemoryGuard.check`)."""
+        guard = MemoryGuard(self.chunk_size, self.memory_limit)
+        guard.check(estimate, images=images, per_image=per_image, batch=batch)
+
+    def target_classes(self, target: Target, n: int) -> torch.Tensor | None:
+        """``target`` (see :meth:`__call__`) as ``n`` class indices, or ``None`` for each
+        image's top-1 class."""
+        return self.checks.target_classes(target, n)
 
     def largest_model_size(self) -> tuple[int, int]:
         """The largest model resolution an image can get (``fit`` caps the aspect ratio)."""
@@ -568,14 +528,14 @@ class Explainer:
         if batch_size < 1:
             raise RtsalError(f"batch_size must be at least 1; got {batch_size}")
         if isinstance(images, (list, tuple)):
-            pictures = [self._picture(im, f"images[{i}]") for i, im in enumerate(images)]
+            pictures = [self.checks.picture(im, f"images[{i}]") for i, im in enumerate(images)]
         elif isinstance(images, torch.Tensor):
-            batch = self._check_images(images, "images", dims=(3, 4))
+            batch = self.checks.check_images(images, "images", dims=(3, 4))
             if batch.shape[0] == 0:
                 return images.new_zeros((0, 1, *batch.shape[-2:]), dtype=torch.float32)
             pictures = list(batch)
         else:
-            pictures = [self._picture(images, "images")]
+            pictures = [self.checks.picture(images, "images")]
         classes = self.target_classes(target, len(pictures))
         masks = self._masks_at_own_size(pictures, classes, batch_size)
         return masks if isinstance(images, (list, tuple)) else torch.stack(masks)
@@ -596,97 +556,12 @@ class Explainer:
                     f"inputs: a tuple holds one tensor (B, C, H, W) here; got {len(inputs)}"
                 )
             return (self.attribute(inputs[0], target),)
-        x = self._check_images(inputs, "inputs", dims=(4,))
+        x = self.checks.check_images(inputs, "inputs", dims=(4,))
         classes = self.target_classes(target, x.shape[0])
         if x.shape[0] == 0:
             return inputs.new_zeros((0, 1, *x.shape[-2:]), dtype=torch.float32)
         mask, _, _ = self.masks(x.detach().float(), classes)
         return _ordinary(mask.to(inputs.device, torch.float32))
-
-    def target_classes(self, target: Target, n: int) -> torch.Tensor | None:
-        """``target`` (see :meth:`__call__`) as ``n`` class indices, or ``None`` for each
-        image's top-1 class."""
-        if target is None:
-            return None
-        if isinstance(target, torch.Tensor):
-            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-                raise RtsalError(
-                    f"target: a tensor of class indices must be integer; got {target.dtype}"
-                )
-            wanted = [self._class_index(t) for t in target.detach().reshape(-1).tolist()]
-            if len(wanted) == 1:
-                wanted *= n
-        elif isinstance(target, (list, tuple)):
-            wanted = [self._class_index(t) for t in target]
-        else:
-            wanted = [self._class_index(target)] * n
-        if len(wanted) != n:
-            raise RtsalError(
-                f"target: {len(wanted)} classes for {n} images; give one class for all of them, "
-                "or one per image"
-            )
-        return torch.tensor(wanted, dtype=torch.long)
-
-    def _class_index(self, selector: Any) -> int:
-        if isinstance(selector, str):
-            return self.resolver.resolve(selector)
-        try:
-            index = None if isinstance(selector, bool) else operator.index(selector)
-        except TypeError:
-            index = None
-        if index is None:
-            raise RtsalError(f"target: a class is an index, a name or a synset; got {selector!r}")
-        return self.resolver.resolve(index)
-
-    def _picture(self, item: Any, name: str) -> Image.Image | torch.Tensor:
-        """One image given to :meth:`__call__`: an RGB PIL image, or a checked (C, H, W)."""
-        if isinstance(item, Image.Image):
-            return _to_rgb(item)  # prepare() makes it grey for a one-channel black box
-        if isinstance(item, (str, os.PathLike)):
-            return load_image(item)  # a missing or broken file: DataError naming it
-        if isinstance(item, torch.Tensor):
-            return self._check_images(item, name, dims=(3,))[0]
-        hint = (
-            " (an (H, W, C) array: Image.fromarray(array), or a tensor via torch.from_numpy)"
-            if type(item).__module__ == "numpy"
-            else ""
-        )
-        raise RtsalError(
-            f"{name}: an image is a PIL image, a file path or a float tensor (C, H, W); got "
-            f"{type(item).__name__}{hint}"
-        )
-
-    def _check_images(self, x: Any, name: str, dims: tuple[int, ...]) -> torch.Tensor:
-        """``x`` as (B, C, H, W), or an RtsalError saying what is wrong with it."""
-        c = self.black_box.in_channels
-        shape = " or ".join({3: "(C, H, W)", 4: "(B, C, H, W)"}[d] for d in dims)
-        if not isinstance(x, torch.Tensor):
-            raise RtsalError(f"{name} must be a tensor {shape}; got {type(x).__name__}")
-        if x.dim() not in dims or x.shape[-3] != c or min(x.shape[-2:]) < 1:
-            raise RtsalError(
-                f"{name} must have shape {shape} with C = {c} for black box "
-                f"{self.black_box.name!r}; got {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise RtsalError(
-                f"{name} must be a float tensor in [0, 1]; got {x.dtype} (divide 8-bit images "
-                "by 255)"
-            )
-        if x.numel():
-            # NaN slips through the range check below (every comparison with it is false)
-            bad = int(x.numel() - torch.isfinite(x).sum())
-            if bad:
-                raise RtsalError(
-                    f"{name} must hold images in [0, 1]; got {bad} non-finite values (NaN or "
-                    f"infinity) among {x.numel()}"
-                )
-            lo, hi = float(x.min()), float(x.max())
-            if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
-                raise RtsalError(
-                    f"{name} must hold images in [0, 1] (the black box normalises them itself); "
-                    f"got values from {lo:.3g} to {hi:.3g}"
-                )
-        return x if x.dim() == 4 else x[None]
 
     def _at_model_size(self, picture: Image.Image | torch.Tensor, size: tuple[int, int]):
         """(C, h, w) in [0, 1] at the model's resolution ``size``, on the explainer's device."""
@@ -710,7 +585,7 @@ class Explainer:
         """One (1, H, W) mask per picture; pictures of one model resolution share passes."""
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, picture in enumerate(pictures):
-            groups[self._model_size(*_height_width(picture))].append(i)
+            groups[self._model_size(*height_width(picture))].append(i)
         out: list[torch.Tensor] = [torch.empty(0)] * len(pictures)
         for size, members in groups.items():
             for start in range(0, len(members), batch_size):
@@ -719,7 +594,7 @@ class Explainer:
                 mask, _, _ = self.masks(x, None if classes is None else classes[chunk])
                 for row, i in enumerate(chunk):
                     where = pictures[i].device if isinstance(pictures[i], torch.Tensor) else "cpu"
-                    full = mask_at_size(mask[row : row + 1], _height_width(pictures[i]))
+                    full = mask_at_size(mask[row : row + 1], height_width(pictures[i]))
                     out[i] = _ordinary(full[0].to(where))
         return out
 
@@ -735,47 +610,6 @@ def _looks_like_hub_repo(location: str) -> bool:
     import re
 
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", location)) and not Path(location).exists()
-
-
-def _resize_mode(resize: str, black_box: Any) -> str:
-    """``auto`` made concrete; ``fit`` refused for a black box that takes one size only."""
-    fixed = getattr(black_box, "fixed_input_size", False)
-    if resize == "auto":
-        return "square" if fixed else "fit"
-    if resize == "fit" and fixed:
-        h, w = black_box.input_size
-        raise RtsalError(
-            f"black box {black_box.name!r} takes {h} x {w} images only: use --resize square "
-            "(or auto)"
-        )
-    return resize
-
-
-def _memory_limit(limit: int | str | None) -> int:
-    """Bytes from an option or ``RTSAL_MEMORY_LIMIT`` ("8G", "500M", "8e9"; 0: no limit)."""
-    if limit is None:
-        limit = os.environ.get("RTSAL_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        value = float(limit)
-    else:
-        text = str(limit).strip().upper().removesuffix("B")
-        scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(text[-1:], 1.0)
-        try:
-            value = float(text[:-1] if scale != 1.0 else text) * scale
-        except ValueError:
-            value = -1.0
-    if not 0 <= value < float("inf"):
-        raise RtsalError(
-            f"memory limit {limit!r} (RTSAL_MEMORY_LIMIT): give a size such as 8G or 500M, "
-            "or 0 for no limit"
-        )
-    return int(value)
-
-
-def _height_width(picture: Image.Image | torch.Tensor) -> tuple[int, int]:
-    if isinstance(picture, Image.Image):
-        return picture.height, picture.width
-    return int(picture.shape[-2]), int(picture.shape[-1])
 
 
 def _ordinary(t: torch.Tensor) -> torch.Tensor:

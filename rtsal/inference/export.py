@@ -5,9 +5,10 @@ int64, exactly like :class:`rtsal.inference.explainer.Explainer`; the black box'
 normalisation is inside the graph. It returns the mask (B, 1, H, W) in [0, 1] and the black
 box's softmax probabilities (B, K). With an encoder shared with the black box, one backbone pass
 gives both.
-Batch, height and width are dynamic; height and width must be multiples of the encoder's stride
-(32 for the shipped EfficientNet-Lite0 model), as ``rtsal explain`` always feeds. A JSON side-car
-``<file>.json`` describes the inputs, outputs and class names.
+Batch, height and width are dynamic, of any size (the decoder resizes each upsampled map to its
+skip connection's size; at multiples of the encoder's stride, 32 for EfficientNet-Lite, the
+resize is the identity). A JSON side-car ``<file>.json`` describes the inputs, outputs and class
+names.
 """
 
 from __future__ import annotations
@@ -233,8 +234,9 @@ def describe(
         "size_multiple": m,
         "interpolation": box.interpolation,
         "inputs": {
-            "images": f"float32 (B, {wrapper.channels}, H, W), values in [0, 1]; H and W "
-            f"multiples of {m}; mean/std normalisation happens inside the model",
+            "images": f"float32 (B, {wrapper.channels}, H, W), values in [0, 1], any H and W "
+            f"(multiples of {m} are what rtsal feeds); mean/std normalisation happens inside "
+            "the model",
             "classes": "int64 (B,), the class to explain for each image",
         },
         "outputs": {

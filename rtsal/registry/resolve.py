@@ -131,7 +131,21 @@ def checkpoint_black_box(
     options: dict[str, Any] = {"pretrained": pretrained_stored, **given}
     _require_provider(provider, name, where)
     build = _data_only_builder(name, provider, where)
-    return build(**options)
+    if options["pretrained"] or options.get("weights"):
+        return build(**options)
+    return _seeded(build, ckpt, options)
+
+
+def _seeded(build, ckpt: Checkpoint, options: dict[str, Any]) -> BlackBox:
+    """A black box of random weights as training made it: ``rtsal train`` seeds torch with the
+    run's seed just before building its black box, so the same seed gives the same network
+    (and the checkpoint's fingerprint then matches)."""
+    import torch
+
+    seed = ckpt.meta.get("training", {}).get("seed", 0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) if isinstance(seed, int) else 0)
+        return build(**options)
 
 
 def resolve_models(

@@ -97,7 +97,7 @@ def run_options(
         },
         "resize": explainer_options.get("resize", "auto"),
         "precision": explainer_options.get("precision", "float32"),
-        "backend": explainer_options.get("backend", "pytorch"),
+        "backend": explainer_options.get("backend", "auto"),
         "save_npy": bool(save_npy),
     }
 

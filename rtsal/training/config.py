@@ -15,7 +15,8 @@ from rtsal.errors import RtsalError
 # A preset names the objective's weights (rtsal.engine.objective.PRESETS) and, here, the training
 # options that go with them. An option left unset (None) takes its preset's value, else the
 # fallback below. "auto" is "photos" when the masker's encoder is a pretrained classifier's
-# features (the black box itself or a timm backbone), "paper" for the small from-scratch encoder.
+# features (the black box itself or a timm backbone) and its inputs are photos (96 px or more),
+# "paper" for the small from-scratch encoder and small images (CIFAR-10, Fashion-MNIST).
 PRESET_NAMES = ("auto", "photos", "paper", "authors")
 RECIPES: dict[str, dict[str, Any]] = {
     "photos": {"lr": 5e-4, "batch_size": 12, "mosaic": 0.3, "color_jitter": 0.1},

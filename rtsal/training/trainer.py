@@ -20,7 +20,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ from rtsal.registry.classes import ClassResolver
 from rtsal.training.config import TrainConfig, read_config_file
 
 TERMS = ("tv", "area", "preserve", "destroy")
+# --preset auto is "photos" for a pretrained classifier of photos (input at least this many
+# pixels a side) and "paper" for small images (CIFAR-10, Fashion-MNIST) and the small encoder
+PHOTO_SIZE = 96
 __all__ = [
     "STATE_FORMAT",
     "STATE_NAME",
@@ -258,7 +261,13 @@ class Trainer:
         self.black_box = black_box or create_black_box(
             cfg.blackbox, pretrained=cfg.pretrained, weights=cfg.weights
         )
-        cfg = cfg.resolved(pretrained_encoder=masker_encoder(cfg, self.black_box) != "small")
+        from rtsal.training.config import RECIPE_FALLBACK
+
+        self.preset_filled = {k for k in RECIPE_FALLBACK if getattr(cfg, k) is None}
+        photos = masker_encoder(cfg, self.black_box) != "small" and (
+            min(self.black_box.input_size) >= PHOTO_SIZE
+        )
+        cfg = cfg.resolved(pretrained_encoder=photos)
         check_options(cfg)
         self.cfg = cfg
         if cfg.batch_size % self.dist.world_size:
@@ -344,9 +353,11 @@ class Trainer:
                 mosaics=cfg.val_photos,
                 box_photos=box_photos,
             )
-        if cfg.mosaic > 0:
-            if not hasattr(self.dataset, "load"):
+        if cfg.mosaic > 0 and not hasattr(self.dataset, "load"):
+            if "mosaic" not in self.preset_filled:
                 raise RtsalError("--mosaic applies to image folders")
+            self.cfg = cfg = replace(cfg, mosaic=0.0)  # the preset's mosaics need photo files
+        if cfg.mosaic > 0:
             from rtsal.data.mosaic import MosaicDataset
 
             self.dataset = MosaicDataset(self.dataset, cfg.mosaic, cfg.mosaic_tiles)
