@@ -116,11 +116,11 @@ def build_app(
         picture = overlay_picture(result.image, result.mask, threshold)
         return picture, summary_markdown(result, threshold)
 
-    def compare(image, selector):
-        if image is None:
+    def compare(payload, selector):
+        if upload_path(payload) is None:
             return [None, ""] * len(demo.compared)
         out: list[Any] = []
-        for method, result in demo.compare(image, resolve(selector)):
+        for method, result in demo.compare(read(payload), resolve(selector)):
             if isinstance(result, str):
                 out += [None, f"**{method_label(method)}**: {result}"]
                 continue
@@ -154,15 +154,19 @@ def build_app(
         )
         return f.overlay, info, rate
 
-    def explain_api(image, class_name, method):
+    def explain_api(payload, class_name, method):
         """(image, class name) -> (mask PNG, numbers). An empty class name explains the top-1
-        class; method defaults to the server's."""
-        if image is None:
-            raise gr.Error("no image")
+        class; method defaults to the server's. The uploaded file is deleted once used."""
+        if upload_path(payload) is None:
+            raise gr.Error("no image", print_exception=False)
         try:
+            image = read_upload(payload)
             result = demo.explain(image, resolve(class_name), method or demo.method)
         except RtsalError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refused(exc) from None
+        finally:
+            if uploads is not None:
+                uploads.release(upload_path(payload))
         numbers = result.numbers()
         numbers["top5"] = [
             {"class_index": i, "class_name": demo.labels[i], "p": p} for i, p in result.top
@@ -186,7 +190,7 @@ def build_app(
                 with gr.Row():
                     with gr.Column(scale=2):
                         photo = gr.Image(
-                            type="pil",
+                            type="filepath",  # unused: its events take the file unprocessed
                             sources=["upload", "clipboard"],
                             label="Photo",
                             elem_id="photo",
@@ -288,7 +292,7 @@ def build_app(
                             )
                             compared.append(gr.Markdown(elem_id=f"compare-{m}-numbers"))
         with gr.Row(visible=False):  # the API's own inputs and outputs
-            api_image = gr.Image(type="pil", label="image")
+            api_image = gr.Image(type="filepath", label="image")  # read by read_upload
             api_class = gr.Textbox(label="class_name", value="")
             api_method = gr.Textbox(label="method", value=demo.method)
             api_mask = gr.Image(format="png", label="mask")
@@ -306,6 +310,7 @@ def build_app(
             outputs=[*photo_outputs, result],
             trigger_mode="always_last",
             api_visibility="private",
+            preprocess=False,  # the photo is read by rtsal (read_upload), not decoded by Gradio
         )
         threshold.change(
             redraw,
@@ -321,6 +326,7 @@ def build_app(
             inputs=[photo, picker],
             outputs=compared,
             api_visibility="private",
+            preprocess=False,
         )
         camera.stream(
             live,
@@ -330,13 +336,14 @@ def build_app(
             time_limit=None,
             concurrency_limit=1,
             show_progress="hidden",
-            api_name="live",
+            api_visibility="private",  # the page's camera only: gradio_client cannot stream
         )
         api_explain.click(
             explain_api,
             inputs=[api_image, api_class, api_method],
             outputs=[api_mask, api_numbers],
             api_name="explain",
+            preprocess=False,
         )
         api_search.click(classes_api, inputs=[api_query], outputs=[api_matches], api_name="classes")
     return app
