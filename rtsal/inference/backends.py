@@ -276,6 +276,8 @@ def masker_backend(
             )
         except RtsalError as exc:
             why = str(exc)
+        except Exception as exc:  # a network the exporter cannot trace: PyTorch runs it
+            why = f"the masking model does not export ({type(exc).__name__}: {str(exc)[:160]})"
     print(f"note: --backend auto runs PyTorch: {why}", file=sys.stderr)
     return TorchMasker(model, black_box, precision)
 

@@ -417,6 +417,8 @@ def check_inputs(
         raise ExportError("no images to check the export on")
     size = wrapper.input_size
     batches = [torch.stack([_to_tensor(im, size, wrapper) for im in photos])]
+    if getattr(wrapper.black_box, "fixed_input_size", False):  # a ViT takes its size only
+        return batches
     m = wrapper.size_multiple
     for im in photos:
         w, h = (im.width, im.height) if isinstance(im, Image.Image) else im.shape[1::-1]
