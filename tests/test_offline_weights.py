@@ -37,10 +37,11 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    """A ResNet-18 state dict (seeded random weights), as a user would save one."""
+    """A ResNet-18 state dict (seeded random weights), as a user would save one (seed 1: not
+    the network ``--no-pretrained`` rebuilds for a checkpoint, which takes the run's seed, 0)."""
     from safetensors.torch import save_file
 
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     net = timm.create_model("resnet18", pretrained=False)
     path = tmp_path_factory.mktemp("weights") / "resnet18.safetensors"
     save_file(net.state_dict(), str(path))

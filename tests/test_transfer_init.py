@@ -1,0 +1,73 @@
+"""`rtsal train --init` from a masking model trained for another black box: the decoder tensors
+that fit are reused, the class embedding comes from the new black box's classifier, and the run
+says what it did in one line."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from tests.helpers import SHARED_DATA, lite_plugin_only, run_main
+
+SAMPLE = SHARED_DATA / "imagenet-sample"
+pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data is not present")
+
+
+@pytest.fixture()
+def resnet_masker(tmp_path):
+    """A masking model for a ResNet-18 (seeded random weights), its decoder's weights moved
+    away from their initialisation so that reuse is visible."""
+    from rtsal import create_black_box
+    from rtsal.engine.checkpoint import save_masker
+    from rtsal.engine.model import MaskerConfig, build_masking_model
+
+    torch.manual_seed(0)
+    box = create_black_box("resnet18", pretrained=False)
+    cfg = MaskerConfig(num_classes=1000, encoder="blackbox", embedding="classifier-init")
+    model = build_masking_model(cfg, box)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05)
+    out = tmp_path / "resnet-masker"
+    save_masker(out, model, box, training={"seed": 0}, final_losses={}, objective={})
+    return out, {k: v.clone() for k, v in model.trainable_state_dict().items()}
+
+
+def test_init_from_another_black_box_reuses_the_decoder(resnet_masker, tmp_path):
+    from safetensors.torch import load_file
+
+    from rtsal import create_black_box
+
+    ckpt, theirs = resnet_masker
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(SAMPLE.iterdir())[::60][:12]:
+        shutil.copy(p, photos / p.name)  # synset-named: folder labels
+    out = tmp_path / "lite0"
+    with lite_plugin_only():
+        run = run_main(
+            "train", "--blackbox", "efficientnet_lite0", "--data", photos, "--init", ckpt,
+            "--steps", 1, "--batch-size", 4, "--mosaic", 0, "--lr", 1e-12, "--out", out,
+            env={"RTSAL_DISABLE_PLUGIN_AUTOLOAD": "", "RTSAL_PLUGINS": "efficientnet-lite"},
+        )  # fmt: skip
+    assert run.code == 0, run.stderr
+    notes = [line for line in run.stderr.splitlines() if line.startswith("--init")]
+    assert len(notes) == 1, run.stderr
+    note = notes[0]
+    assert "trained for resnet18, not efficientnet_lite0" in note
+    assert "re-initialised the class embedding (from this black box's classifier)" in note
+    ours = load_file(str(out / "model.safetensors"))
+    reused = [k for k in ours if k in theirs and ours[k].shape == theirs[k].shape
+              and not k.startswith("filter.")]  # fmt: skip
+    assert reused and f"reused {len(reused)} of" in note
+    for k in reused:  # lr 1e-12: one step leaves them as they were loaded
+        assert torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6), k
+    misfit = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape]
+    assert misfit and f"{len(misfit)} tensors whose shapes differ" in note
+    with lite_plugin_only():
+        lite0_head = create_black_box("efficientnet_lite0").network.classifier
+    embedding = ours["filter.embedding.weight"].float()
+    assert torch.allclose(embedding, lite0_head.weight.float(), atol=1e-6)  # not resnet18's
