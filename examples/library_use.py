@@ -23,9 +23,9 @@ from PIL import Image
 
 import rtsal
 from rtsal.data.images import load_image, pil_to_tensor, tensor_to_pil
-from rtsal.engine.checkpoint import load_masker
 from rtsal.engine.model import MaskerConfig, MaskingModel, build_masking_model
 from rtsal.registry.classes import ClassResolver
+from rtsal.registry.resolve import load_masking_model
 
 
 def untrained_masker(box: rtsal.BlackBox) -> MaskingModel:
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     rtsal.keep_freed_memory()  # as the rtsal command does: big tensors reuse freed pages
 
     if args.checkpoint:
-        box = rtsal.create_black_box(args.blackbox) if args.blackbox else None
-        model, box, _meta = load_masker(args.checkpoint, box)
+        # the checkpoint's own black box (built from registered providers only), or the one named
+        model, box, _meta = load_masking_model(args.checkpoint, black_box=args.blackbox)
         print(f"loaded masking model from {args.checkpoint} for black box {box.name!r}")
     else:
         box = rtsal.create_black_box(args.blackbox or default_black_box())

@@ -75,10 +75,13 @@ def test_library_use_checkpoint(photo: Path, tmp_path: Path, capsys) -> None:
         final_losses={},
         objective={},
     )
-    library_use.main(
-        ["--checkpoint", str(ckpt), "--image", str(photo), "--out", str(tmp_path / "m.png")]
-    )
+    args = ["--checkpoint", str(ckpt), "--image", str(photo), "--out", str(tmp_path / "m.png")]
+    # a checkpoint names user code as its black box: data only, never run from the checkpoint
+    with pytest.raises(rtsal.RtsalError, match="--trust-code"):
+        library_use.main(args)
+    library_use.main([*args, "--blackbox", MY_MODEL])  # named by the user: trusted
     assert "loaded masking model" in capsys.readouterr().out
+    assert Image.open(tmp_path / "m.png").size == (3 * 32, 32)
 
 
 def test_library_use_unknown_class_is_a_domain_error(photo: Path, tmp_path: Path) -> None:
