@@ -456,9 +456,13 @@ def test_train_then_explain_with_a_vit(vit_dir: Path, photo_folder: Path, tmp_pa
     photo = photo_folder / "photo3.jpg"
     # the checkpoint names a local path as its black box: data only, so it is not built from the
     # checkpoint alone; the user names it (as the one line says)
-    refused = run_main("explain", photo, "--checkpoint", out, "--out", tmp_path / "r", env=PLUGIN_ONLY)
+    refused = run_main(
+        "explain", photo, "--checkpoint", out, "--out", tmp_path / "r", env=PLUGIN_ONLY
+    )
     assert refused.code == 1 and refused.stderr.count("\n") == 1, refused.stderr
-    assert "names a path" in refused.stderr and f"--blackbox hf:{vit_dir.resolve()}" in refused.stderr
+    assert (
+        "names a path" in refused.stderr and f"--blackbox hf:{vit_dir.resolve()}" in refused.stderr
+    )
     for method in ("masker", "gradcam"):  # the trained masking model, and Grad-CAM on the ViT
         where = ["--blackbox", f"hf:{vit_dir}"]
         where += ["--checkpoint", out] if method == "masker" else []
