@@ -4,6 +4,8 @@ mode of a black box."""
 
 from __future__ import annotations
 
+import math
+
 import operator
 import os
 from collections.abc import Sequence
@@ -101,14 +103,16 @@ class InputChecks:
                 "by 255)"
             )
         if x.numel():
-            # NaN slips through the range check below (every comparison with it is false)
-            bad = int(x.numel() - torch.isfinite(x).sum())
-            if bad:
+            # one pass: min and max propagate NaN and hold any infinity, so finite bounds mean
+            # finite values (NaN would slip through the range check below: every comparison
+            # with it is false); the count is made only to say what is wrong
+            lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                bad = int(x.numel() - torch.isfinite(x).sum())
                 raise RtsalError(
                     f"{name} must hold images in [0, 1]; got {bad} non-finite values (NaN or "
                     f"infinity) among {x.numel()}"
                 )
-            lo, hi = float(x.min()), float(x.max())
             if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
                 raise RtsalError(
                     f"{name} must hold images in [0, 1] (the black box normalises them itself); "

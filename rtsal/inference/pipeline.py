@@ -11,10 +11,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 
-def default_workers(device_type: str) -> int:
-    """Writer threads by default: 2 when the model runs on CUDA or MPS, 0 on the CPU (where
-    the threads compete with the model's own for the same cores, ``docs/performance.md``)."""
-    return 0 if device_type == "cpu" else 2
+def default_workers(device_type: str, backend: str = "pytorch") -> int:
+    """Writer threads by default: 2 when the model runs on CUDA or MPS; on the CPU 0 for
+    PyTorch (its threads compete with the model's own for the same cores) and 1 for ONNX
+    Runtime (whose thread pool leaves room: video at 224 px 52.9 against 40.0 fps,
+    ``docs/performance.md``)."""
+    if device_type != "cpu":
+        return 2
+    return 1 if backend == "onnxruntime" else 0
 
 
 def in_background(iterator: Iterator[Any], depth: int) -> Iterator[Any]:

@@ -87,12 +87,12 @@ def explain_video(
     Returns frames, wall-clock frames/s (decode + explain + encode) and model-only frames/s.
     With ``workers`` > 0 decoding runs ahead in a thread and blending + encoding behind in
     another (one: frames are encoded in order); ``workers=0`` does all of it in turn, in this
-    thread. By default the threads are used only when the model runs on an accelerator (on a
-    CPU they slow the model down).
+    thread. By default the threads are used when the model runs on an accelerator or through
+    ONNX Runtime (on a CPU they slow PyTorch down).
     """
     av = _open_av()
     if workers is None:
-        workers = default_workers(explainer.device.type)
+        workers = default_workers(explainer.device.type, explainer.backend_name)
     if not src.is_file():
         raise DataError(f"{src}: no such file")
     try:
