@@ -5,7 +5,6 @@ mode of a black box."""
 from __future__ import annotations
 
 import math
-
 import operator
 import os
 from collections.abc import Sequence
