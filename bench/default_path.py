@@ -96,12 +96,13 @@ def main() -> None:
 
     cmd = "python bench/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
     threads = torch.get_num_threads()
+    cpu = platform.processor() or platform.machine()
     lines = [
         "## The default path against the forward pass",
         "",
         f"`{cmd}` (`bench/default_path.py`): Lite0 at {size} px, the shipped masking model, "
         f"real photos; {args.rounds} interleaved rounds, median images per second; "
-        f"{threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}.",
+        f"{threads} threads, torch {torch.__version__}, {cpu}.",
         "",
         "| batch | row | images/s | × forward |",
         "|---|---|---|---|",
