@@ -130,3 +130,21 @@ def test_the_command_line_defaults_to_auto_and_rtsal_backend_overrides_it(tmp_pa
     a, t = json.loads(auto.stdout), json.loads(forced.stdout)
     assert a["class_index"] == t["class_index"] == 967  # espresso
     assert abs(a["mask_area"] - t["mask_area"]) <= TOLERANCE
+
+
+def test_a_large_batch_split_across_one_thread_sessions_gives_the_same_masks(explainers, photos):
+    """ONNX Runtime runs a large batch as slices on one-thread sessions at once: the masks and
+    probabilities are those of one session over the whole batch, image for image."""
+    auto, _ = explainers
+    backend = auto.backend
+    x = torch.stack(
+        [torch.from_numpy(np.asarray(im.resize((224, 224))).copy()) for im in photos * 2][:8]
+    )
+    x = x.permute(0, 3, 1, 2).float().div(255).numpy()
+    c = np.array([-1, 281, -1, 967, -1, 417, -1, 0], dtype=np.int64)
+    whole = backend.session.run(["mask", "probabilities"], {"images": x, "classes": c})
+    for parts in (2, 3):
+        mask, probs = backend._run_split(x, c, parts)
+        assert mask.shape == whole[0].shape and probs.shape == whole[1].shape
+        assert float(np.abs(mask - whole[0]).max()) <= 1e-5
+        assert float(np.abs(probs - whole[1]).max()) <= 1e-5

@@ -146,6 +146,9 @@ def cached_export_path(checkpoint: Path, cache: Path | None = None) -> Path:
     return (cache or cache_dir() / "onnx") / f"masker-{digest.hexdigest()[:20]}.onnx"
 
 
+SPLIT_MIN_IMAGES = 4  # a batch is split across one-thread sessions from 2 × this many images
+
+
 class OnnxMasker(MaskBackend):
     """The masking model (with its encoder, and the black box's probabilities from the same
     backbone pass) under ONNX Runtime, exported once per checkpoint into the cache folder and
@@ -172,8 +175,10 @@ class OnnxMasker(MaskBackend):
             ) from None
         self.black_box = black_box
         self.path = cached_export_path(Path(checkpoint), cache)
+        self.threads = threads or torch.get_num_threads()
+        self._split: tuple[Any, list[Any]] | None = None  # (thread pool, one-thread sessions)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = self.threads
         # no busy-waiting between runs: decoding, drawing and encoding need the cores meanwhile
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for attempt in (1, 2):
@@ -215,8 +220,44 @@ class OnnxMasker(MaskBackend):
             c = np.full((x.shape[0],), TOP1, dtype=np.int64)
         else:
             c = classes.detach().cpu().long().reshape(-1).numpy()
-        mask, probs = self.session.run(["mask", "probabilities"], {"images": x, "classes": c})
+        parts = min(self.threads, x.shape[0] // SPLIT_MIN_IMAGES)
+        if parts < 2:
+            mask, probs = self.session.run(["mask", "probabilities"], {"images": x, "classes": c})
+        else:
+            mask, probs = self._run_split(x, c, parts)
         return torch.from_numpy(mask), torch.from_numpy(probs)
+
+    def _run_split(self, x: np.ndarray, c: np.ndarray, parts: int) -> tuple[Any, Any]:
+        """A large batch in ``parts`` slices, each on a one-thread session of its own, at once:
+        ONNX Runtime's threads share one operator at a time, and EfficientNet's many small
+        operators leave them waiting; slices keep every core busy (Lite0, batch 32, 2 cores:
+        about 1.25× one two-thread session, ``docs/performance.md``)."""
+        import onnxruntime as ort
+
+        if self._split is None or len(self._split[1]) < parts:
+            from concurrent.futures import ThreadPoolExecutor
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            sessions = [
+                ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+                for _ in range(parts)
+            ]
+            if self._split is not None:
+                self._split[0].shutdown(wait=False)
+            self._split = (ThreadPoolExecutor(parts, "rtsal-onnx"), sessions)
+        pool, sessions = self._split
+        bounds = np.linspace(0, x.shape[0], parts + 1).astype(int)
+        futures = [
+            pool.submit(
+                sessions[i].run,
+                ["mask", "probabilities"],
+                {"images": x[lo:hi], "classes": c[lo:hi]},
+            )
+            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+        ]
+        results = [f.result() for f in futures]
+        return (np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]))
 
     def first_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         top1_masks, probs = self(x, None)  # one run: each image's top-1 mask and probabilities
