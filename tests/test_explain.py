@@ -242,6 +242,10 @@ def test_fit_size_keeps_aspect_on_the_stride():
     assert fit_size(300, 451, 224) == (352, 224)
     assert fit_size(224, 224, 224) == (224, 224)
     assert fit_size(4000, 100, 224) == (224, 448)  # aspect capped at 2
+    # a short side off the stride (Lite2's 260): a square stays square, never long < short
+    assert fit_size(300, 300, 260) == (260, 260)
+    assert fit_size(310, 300, 260) == (260, 260)
+    assert fit_size(451, 300, 260) == (260, 384)  # 260 * 1.503 = 391 -> 384
 
 
 def test_shipped_model_explains_with_no_checkpoint_and_is_class_selective(tmp_path):

@@ -131,9 +131,10 @@ def fit_size(
     width: int, height: int, short: int, multiple: int = 32, max_aspect: float = 2.0
 ) -> tuple[int, int]:
     """Model input (H, W): short side ``short``, long side keeping the aspect (at most
-    ``max_aspect``), rounded to a multiple of the encoder's stride."""
+    ``max_aspect``), rounded to a multiple of the encoder's stride and never below ``short``
+    (a square photo stays square at a short side that is no multiple, as Lite2's 260 px)."""
     aspect = min(max(width, height) / min(width, height), max_aspect)
-    long = max(multiple, int(round(short * aspect / multiple)) * multiple)
+    long = max(short, multiple, int(round(short * aspect / multiple)) * multiple)
     return (short, long) if width >= height else (long, short)
 
 
