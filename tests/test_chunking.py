@@ -73,8 +73,11 @@ def all_at_once(explainer, photos, topk: int):
     return _references[topk]
 
 
-@pytest.mark.parametrize("topk", [1, 7, 40])
-@pytest.mark.parametrize("chunk", [1, 3, 32])
+@pytest.mark.parametrize(
+    ("chunk", "topk"),
+    # every pair but chunks of 1 with top-40 (40 passes a photo; chunks of 3 already cover it)
+    [(c, k) for c in (1, 3, 32) for k in (1, 7, 40) if (c, k) != (1, 40)],
+)
 def test_chunked_explanations_equal_all_at_once(explainer, photos, chunked, topk, chunk):
     reference = all_at_once(explainer, photos, topk)
     results = chunked(chunk).explain_batch(photos, topk=topk)
