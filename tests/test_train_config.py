@@ -73,11 +73,11 @@ def test_cli_defaults_are_the_config_defaults():
 
 def test_the_preset_fills_what_was_not_given():
     cfg = TrainConfig(blackbox="b", data="d")
-    photos = cfg.resolved(pretrained_encoder=True)
+    photos = cfg.resolved(photos=True)
     assert photos.preset == "photos"
     photo_options = (photos.lr, photos.batch_size, photos.mosaic, photos.color_jitter)
     assert photo_options == (5e-4, 12, 0.3, 0.1)
-    paper = cfg.resolved(pretrained_encoder=False)
+    paper = cfg.resolved(photos=False)
     assert paper.preset == "paper"
     assert (paper.lr, paper.batch_size, paper.mosaic, paper.color_jitter) == (1e-3, 32, 0.0, 0.0)
     given = TrainConfig(blackbox="b", data="d", lr=2e-4, mosaic=0.0).resolved(True)

@@ -84,12 +84,13 @@ class TrainConfig:
     keep_validated: bool = False  # keep the model of every validation in OUT/validated/step-N
     val_boxes: str | None = None  # photos with exact boxes (boxes.json): validate by localisation
 
-    def resolved(self, pretrained_encoder: bool) -> TrainConfig:
-        """The config with its preset named ("auto" decided) and every option the preset sets
-        filled in where it was left unset."""
+    def resolved(self, photos: bool) -> TrainConfig:
+        """The config with its preset named ("auto" decided: ``photos`` when the masker's
+        encoder is a pretrained classifier's and its inputs are photos, else ``paper``) and
+        every option the preset sets filled in where it was left unset."""
         preset = self.preset
         if preset == "auto":
-            preset = "photos" if pretrained_encoder else "paper"
+            preset = "photos" if photos else "paper"
         values = {**RECIPE_FALLBACK, **RECIPES.get(preset, {})}
         unset = {k: v for k, v in values.items() if getattr(self, k) is None}
         return replace(self, preset=preset, **unset)

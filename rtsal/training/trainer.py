@@ -50,7 +50,7 @@ from rtsal.errors import CheckpointError, RtsalError
 from rtsal.files import atomic_write_bytes, prepare_out_dir, remove_temporaries
 from rtsal.registry.blackbox import BlackBox, create_black_box
 from rtsal.registry.classes import ClassResolver
-from rtsal.training.config import TrainConfig, read_config_file
+from rtsal.training.config import RECIPE_FALLBACK, TrainConfig, read_config_file
 
 TERMS = ("tv", "area", "preserve", "destroy")
 # --preset auto is "photos" for a pretrained classifier of photos (input at least this many
@@ -261,13 +261,11 @@ class Trainer:
         self.black_box = black_box or create_black_box(
             cfg.blackbox, pretrained=cfg.pretrained, weights=cfg.weights
         )
-        from rtsal.training.config import RECIPE_FALLBACK
-
         self.preset_filled = {k for k in RECIPE_FALLBACK if getattr(cfg, k) is None}
         photos = masker_encoder(cfg, self.black_box) != "small" and (
             min(self.black_box.input_size) >= PHOTO_SIZE
         )
-        cfg = cfg.resolved(pretrained_encoder=photos)
+        cfg = cfg.resolved(photos=photos)
         check_options(cfg)
         self.cfg = cfg
         if cfg.batch_size % self.dist.world_size:
