@@ -12,7 +12,8 @@ scikit-image's photographs where that folder is absent):
   (what ``rtsal explain`` and the Python API give without options);
 - ``Explainer(backend="pytorch")``: the same through the PyTorch masking model.
 
-Batches of 32 and of 1. Each round times every row once, in turn, so that the machine's drift
+Batches of 32 and of 1; then the PyTorch masking model's encoder and decoder timed apart at
+batch 1 (where its cost above the forward pass goes). Each round times every row once, in turn, so that the machine's drift
 touches all rows alike; the table gives the median over rounds and its ratio to the forward pass.
 """
 
@@ -94,6 +95,24 @@ def main() -> None:
                 results[b][name].append(b / timed(fn, x, repeat))
             print(f"batch {b}: round {r + 1}/{args.rounds}", file=sys.stderr)
 
+    # where the PyTorch masker's time goes at batch 1: the encoder (the black box's own backbone
+    # and head, one pass) against the decoder that turns its features into the mask
+    net = pytorch.model
+    with torch.inference_mode():
+        x = pytorch._input(photos(1, size))
+        feats = net.encode(x, with_logits=True)
+        top = feats.logits.argmax(1)
+        parts = {
+            "encoder": lambda _: net.encode(x, with_logits=True),
+            "decoder": lambda _: net.decode(feats, top, x.shape[-2:]),
+        }
+        for fn in parts.values():
+            timed(fn, x, 3)
+        split = {
+            k: statistics.median(timed(fn, x, 20) for _ in range(args.rounds))
+            for k, fn in parts.items()
+        }
+
     cmd = "python bench/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
     threads = torch.get_num_threads()
     cpu = platform.processor() or platform.machine()
@@ -114,6 +133,13 @@ def main() -> None:
             med = statistics.median(results[b][name])
             lines.append(f"| {b} | {name} | {med:.1f} | {med / floor:.2f} |")
             summary[f"{b}/{name}"] = {"images_per_s": med, "ratio": med / floor}
+    enc, dec = split["encoder"] * 1e3, split["decoder"] * 1e3
+    lines += [
+        "",
+        f"The PyTorch masking model at batch 1, its parts timed apart: encoder {enc:.1f} ms, "
+        f"decoder {dec:.1f} ms ({dec / enc:.2f} of the encoder's time).",
+    ]
+    summary["batch 1 encoder/decoder ms"] = {"encoder": enc, "decoder": dec}
     text = "\n".join(lines)
     print(text)
     if args.out:
