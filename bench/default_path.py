@@ -13,8 +13,9 @@ scikit-image's photographs where that folder is absent):
 - ``Explainer(backend="pytorch")``: the same through the PyTorch masking model.
 
 Batches of 32 and of 1; then the PyTorch masking model's encoder and decoder timed apart at
-batch 1 (where its cost above the forward pass goes). Each round times every row once, in turn, so that the machine's drift
-touches all rows alike; the table gives the median over rounds and its ratio to the forward pass.
+batch 1 (where its cost above the forward pass goes). Each round times every row once, in
+turn, so that the machine's drift touches all rows alike; the table gives the median over rounds
+and its ratio to the forward pass.
 """
 
 from __future__ import annotations
