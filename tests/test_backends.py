@@ -148,3 +148,24 @@ def test_a_large_batch_split_across_one_thread_sessions_gives_the_same_masks(exp
         assert mask.shape == whole[0].shape and probs.shape == whole[1].shape
         assert float(np.abs(mask - whole[0]).max()) <= 1e-5
         assert float(np.abs(probs - whole[1]).max()) <= 1e-5
+
+
+def test_each_size_class_gets_its_own_graph_and_the_same_masks(explainers, photos):
+    """Images whose sizes halve differently from 224 (200 x 200: an odd map at stride 8) get
+    a graph of their own, exported once into the cache, with PyTorch's masks."""
+    auto, torch_ = explainers
+    backend = auto.backend
+    before = set(backend.path.parent.glob("*.onnx"))
+    x = torch.stack([torch.from_numpy(np.asarray(im.resize((200, 200))).copy()) for im in photos])
+    x = x.permute(0, 3, 1, 2).float().div(255)
+    classes = torch.tensor([281, 967, 417, 0])
+    for xb, cb in ((x, classes), (x[:1], None)):
+        with torch.inference_mode():
+            mask, _, chosen = backend.masks_for_images(xb, cb)
+            want, _, want_chosen = torch_.backend.masks_for_images(xb, cb)
+        assert mask.shape == want.shape == (len(xb), 1, 200, 200)
+        assert torch.equal(chosen.cpu(), want_chosen.cpu())
+        assert float((mask - want).abs().max()) <= TOLERANCE
+    made = set(backend.path.parent.glob("*.onnx")) - before
+    assert [p.name.split("-")[-1] for p in made] == ["00011x00011.onnx"]
+    assert backend.session is backend._graph(224, 224).session  # 224 px still its own graph

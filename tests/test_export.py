@@ -223,3 +223,51 @@ def test_bad_outputs_and_checkpoints_are_refused(wrapper, tmp_path):
     with pytest.raises(CheckpointError, match="unreadable checkpoint description"):
         export_onnx(corrupt, tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt", "file"]
+
+
+def test_size_classes_follow_how_sizes_halve():
+    from rtsal.inference.export import halving_pattern, size_class, size_class_levels
+
+    assert halving_pattern(224, 5) == "00000"  # 224 112 56 28 14
+    assert halving_pattern(260, 6) == "001111"  # 260 130 65 33 17 9
+    assert halving_pattern(200, 5) == "00011"  # 200 100 50 25 13
+    assert size_class(260, 324, 6) == "001111x001111"  # 324 162 81 41 21 11
+    assert size_class(224, 288, 5) == size_class(224, 320, 5)  # multiples of 32: one class
+    with pytest.raises(ExportError, match="positive"):
+        halving_pattern(0)
+    assert size_class_levels(ExportableMasker.from_checkpoint()) == 5  # Lite0's stride is 32
+
+
+def test_a_graph_for_one_size_class_folds_its_padding_and_serves_that_class(tmp_path):
+    """Lite2 (260 px) has TensorFlow's "same" padding on odd maps: the graph made for 260 x 260
+    (its side-car names the class) has no Pad node left and equals PyTorch at 324 x 324, a
+    size of the same class; at a size of another class it does not."""
+    import onnx
+
+    from rtsal.registry.plugins import reset_plugin_manager
+
+    reset_plugin_manager(None)
+    lite2 = ExportableMasker.from_checkpoint(
+        str(Path(__file__).resolve().parents[1] / "rtsal" / "assets" / "efficientnet_lite2")
+    )
+    out = tmp_path / "lite2-260.onnx"
+    res = export_onnx(lite2, out, check=True, static=True)
+    assert res.check is not None and res.check.mask_diff <= 1e-4
+    assert json.loads(sidecar_path(out).read_text())["size_class"] == "00111x00111"
+    general = export_onnx(lite2, tmp_path / "lite2-any.onnx")
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert "Pad" not in ops
+    assert [n.op_type for n in onnx.load(str(general.path)).graph.node].count("Pad") >= 4
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for size in ((260, 260), (324, 324), (324, 260)):
+        x = photo(size).repeat(2, 1, 1, 1)
+        classes = torch.tensor([-1, 207])  # top-1, golden retriever
+        want_mask, want_probs = reference(lite2, x, classes)
+        mask, probs = session.run(None, {"images": x.numpy(), "classes": classes.numpy()})
+        assert float(np.abs(mask - want_mask).max()) <= 1e-4, size
+        assert float(np.abs(probs - want_probs).max()) <= 1e-5, size
+    # another class (256 px halves evenly) is not what this graph is for: it differs there
+    x = photo((256, 256))
+    want_mask, _ = reference(lite2, x, torch.tensor([-1]))
+    mask, _ = session.run(None, {"images": x.numpy(), "classes": np.array([-1])})
+    assert float(np.abs(mask - want_mask).max()) > 0.01

@@ -231,6 +231,10 @@ class Bottleneck(nn.Module):
 class UpsamplerBlock(nn.Module):
     """Transposed conv x2, concatenate the encoder map of that scale, bottleneck blocks."""
 
+    # set while tracing a graph for one size class (rtsal.inference.export.static_shapes): the
+    # resize is kept only where the traced sizes differ, as for every size of that class
+    static_shapes = False
+
     def __init__(self, c_in: int, c_skip: int, c_out: int, bottlenecks: int, norm: str = "batch"):
         super().__init__()
         self.up = nn.Sequential(
@@ -245,9 +249,9 @@ class UpsamplerBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # (B, c_out, 2h, 2w)
         # odd input sizes (260 px: 9 -> 18 against a skip of 17); a traced (exported) graph
-        # resizes always, as the sizes are not known when it is made (at equal sizes the resize
-        # is the identity)
-        if x.shape[-2:] != skip.shape[-2:] or torch.jit.is_tracing():
+        # for any size resizes always, as the sizes are not known when it is made (at equal
+        # sizes the resize is the identity)
+        if x.shape[-2:] != skip.shape[-2:] or (torch.jit.is_tracing() and not self.static_shapes):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.blocks(torch.cat([x, skip], dim=1))
 

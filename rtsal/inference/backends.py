@@ -32,7 +32,9 @@ from rtsal.registry.methods import check_method_output
 
 BACKENDS = ("auto", "pytorch", "onnxruntime")
 # Bumped when what the exporter writes changes, so that cached exports are made anew.
-EXPORT_REVISION = 2  # 2: the decoder resizes to its skip connections' sizes (any input size)
+# 2: the decoder resizes to its skip connections' sizes (any input size); 3: one graph per size
+# class, padding folded into the convolutions
+EXPORT_REVISION = 3
 
 
 def _log_probabilities(probs: torch.Tensor) -> torch.Tensor:
@@ -130,9 +132,10 @@ class MethodBackend(MaskBackend):
 # --------------------------------------------------------------------------- ONNX Runtime
 
 
-def cached_export_path(checkpoint: Path, cache: Path | None = None) -> Path:
+def cached_export_path(checkpoint: Path, cache: Path | None = None, size: str = "") -> Path:
     """Where the ONNX file of ``checkpoint`` is kept: keyed by the checkpoint's bytes and the
-    versions of rtsal and torch, so a changed checkpoint or exporter gets a new file."""
+    versions of rtsal and torch, so a changed checkpoint or exporter gets a new file; ``size``
+    names the size class of a graph made for one (``rtsal.inference.export.size_class``)."""
     from rtsal.data.cache import cache_dir
     from rtsal.engine.checkpoint import META_NAME
 
@@ -143,17 +146,34 @@ def cached_export_path(checkpoint: Path, cache: Path | None = None) -> Path:
     for f in sorted(p for p in checkpoint.iterdir() if p.is_file() and not p.name.startswith(".")):
         digest.update(f.name.encode())
         digest.update(f.read_bytes())
-    return (cache or cache_dir() / "onnx") / f"masker-{digest.hexdigest()[:20]}.onnx"
+    name = f"masker-{digest.hexdigest()[:20]}{'-' + size if size else ''}.onnx"
+    return (cache or cache_dir() / "onnx") / name
 
 
 SPLIT_MIN_IMAGES = 4  # a batch is split across one-thread sessions from 2 × this many images
 
 
+class _Graph:
+    """One exported graph (one size class) and its sessions: the main one, and one-thread
+    sessions for slices of large batches, made when first needed."""
+
+    def __init__(self, path: Path, session: Any):
+        self.path = path
+        self.session = session
+        self.split: tuple[Any, list[Any]] | None = None  # (thread pool, one-thread sessions)
+
+
 class OnnxMasker(MaskBackend):
     """The masking model (with its encoder, and the black box's probabilities from the same
-    backbone pass) under ONNX Runtime, exported once per checkpoint into the cache folder and
-    checked against PyTorch before it is kept; a cached file ONNX Runtime cannot load is made
-    anew once, never trusted. ``(images, classes) -> (mask, probabilities)``; class -1 = top-1."""
+    backbone pass) under ONNX Runtime, exported once per checkpoint and size class into the
+    cache folder and checked against PyTorch before it is kept; a cached file ONNX Runtime
+    cannot load is made anew once, never trusted. ``(images, classes) -> (mask,
+    probabilities)``; class -1 = top-1.
+
+    Each graph serves one size class (the sizes that halve alike at every stride-2 layer: all
+    multiples of 32 are one), so "same" padding and the decoder's resizes are constants in it
+    (``rtsal.inference.export.static_shapes``). The black box's input size is exported when the
+    back end is made; another class the first time an image of it comes."""
 
     name = "onnxruntime"
 
@@ -168,53 +188,85 @@ class OnnxMasker(MaskBackend):
         announce: bool = False,
     ):
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError:
             raise RtsalError(
                 "--backend onnxruntime needs ONNX Runtime: pip install onnxruntime"
             ) from None
         self.black_box = black_box
-        self.path = cached_export_path(Path(checkpoint), cache)
+        self.checkpoint = Path(checkpoint)
         self.threads = threads or torch.get_num_threads()
-        self._split: tuple[Any, list[Any]] | None = None  # (thread pool, one-thread sessions)
+        self._exportable = exportable
+        self._cache = cache
+        self._announce = announce
+        self._graphs: dict[str, _Graph] = {}
+        self._levels: int | None = None  # halvings that tell size classes apart
+        main = self._graph(*black_box.input_size)
+        self.path, self.session = main.path, main.session
+
+    def _graph(self, height: int, width: int) -> _Graph:
+        """The graph for images of this size (exported and checked the first time)."""
+        from rtsal.inference.export import size_class, size_class_levels
+
+        if self._levels is None:
+            self._levels = size_class_levels(self._exportable_model())
+        key = size_class(height, width, self._levels)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = self._load(key, (height, width))
+        return graph
+
+    def _load(self, key: str, size: tuple[int, int]) -> _Graph:
+        import onnxruntime as ort
+
+        path = cached_export_path(self.checkpoint, self._cache, key)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         # no busy-waiting between runs: decoding, drawing and encoding need the cores meanwhile
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for attempt in (1, 2):
-            if not self.path.is_file():
-                self._export(checkpoint, exportable, announce)
+            if not path.is_file():
+                self._export(path, size)
             try:
-                self.session = ort.InferenceSession(
-                    str(self.path), options, providers=["CPUExecutionProvider"]
+                session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
                 )
-                break
+                return _Graph(path, session)
             except Exception as exc:  # a damaged cache file: made anew once
-                self.path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
                 if attempt == 2:
                     raise RtsalError(
-                        f"{self.path}: ONNX Runtime cannot load the exported model "
+                        f"{path}: ONNX Runtime cannot load the exported model "
                         f"({type(exc).__name__}: {str(exc)[:160]})"
                     ) from None
+        raise AssertionError("unreachable")
 
-    def _export(self, checkpoint: Path, exportable: Any, announce: bool) -> None:
+    def _export(self, path: Path, size: tuple[int, int]) -> None:
         from rtsal.inference.export import export_onnx
 
-        if announce:
+        if self._announce:
             print(
-                f"note: exporting the masking model to ONNX Runtime once (cached in "
-                f"{self.path.parent})",
+                f"note: exporting the masking model to ONNX Runtime once for "
+                f"{size[0]}x{size[1]} images (cached in {path.parent})",
                 file=sys.stderr,
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         # refused if it disagrees with PyTorch; written to a temporary file, then renamed
-        export_onnx(exportable if exportable is not None else checkpoint, self.path, check=True)
+        export_onnx(self._exportable_model(), path, size=size, check=True, static=True)
+
+    def _exportable_model(self) -> Any:
+        """The model to export (loaded from the checkpoint once if none was given)."""
+        if self._exportable is None:
+            from rtsal.inference.export import ExportableMasker
+
+            self._exportable = ExportableMasker.from_checkpoint(self.checkpoint)
+        return self._exportable
 
     def __call__(
         self, images: torch.Tensor, classes: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, C, H, W) in [0, 1] (H, W multiples of the encoder's stride); classes (B,)
-        or None for each image's top-1 -> mask (B, 1, H, W), probabilities (B, K)."""
+        """images (B, C, H, W) in [0, 1]; classes (B,) or None for each image's top-1 ->
+        mask (B, 1, H, W), probabilities (B, K)."""
         x = images.detach().float().cpu().contiguous().numpy()
         if classes is None:
             c = np.full((x.shape[0],), TOP1, dtype=np.int64)
@@ -222,7 +274,8 @@ class OnnxMasker(MaskBackend):
             c = classes.detach().cpu().long().reshape(-1).numpy()
         parts = min(self.threads, x.shape[0] // SPLIT_MIN_IMAGES)
         if parts < 2:
-            mask, probs = self.session.run(["mask", "probabilities"], {"images": x, "classes": c})
+            graph = self._graph(*x.shape[-2:])
+            mask, probs = graph.session.run(["mask", "probabilities"], {"images": x, "classes": c})
         else:
             mask, probs = self._run_split(x, c, parts)
         return torch.from_numpy(mask), torch.from_numpy(probs)
@@ -234,19 +287,20 @@ class OnnxMasker(MaskBackend):
         about 1.25× one two-thread session, ``docs/performance.md``)."""
         import onnxruntime as ort
 
-        if self._split is None or len(self._split[1]) < parts:
+        graph = self._graph(*x.shape[-2:])
+        if graph.split is None or len(graph.split[1]) < parts:
             from concurrent.futures import ThreadPoolExecutor
 
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             sessions = [
-                ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+                ort.InferenceSession(str(graph.path), options, providers=["CPUExecutionProvider"])
                 for _ in range(parts)
             ]
-            if self._split is not None:
-                self._split[0].shutdown(wait=False)
-            self._split = (ThreadPoolExecutor(parts, "rtsal-onnx"), sessions)
-        pool, sessions = self._split
+            if graph.split is not None:
+                graph.split[0].shutdown(wait=False)
+            graph.split = (ThreadPoolExecutor(parts, "rtsal-onnx"), sessions)
+        pool, sessions = graph.split
         bounds = np.linspace(0, x.shape[0], parts + 1).astype(int)
         futures = [
             pool.submit(

@@ -9,6 +9,12 @@ Batch, height and width are dynamic, of any size (the decoder resizes each upsam
 skip connection's size; at multiples of the encoder's stride, 32 for EfficientNet-Lite, the
 resize is the identity). A JSON side-car ``<file>.json`` describes the inputs, outputs and class
 names.
+
+ONNX Runtime inside rtsal runs a graph made for one *size class* instead (``static=True``): the
+sizes that halve alike at every stride-2 layer (all multiples of 32 are one class). There the
+"same" padding of TensorFlow-ported convolutions (EfficientNet-Lite) is a constant folded into
+each convolution and the decoder resizes only where sizes differ, which spares ONNX Runtime a
+layout change around every strided convolution (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import json
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,7 @@ from PIL import Image
 from torch import nn
 
 from rtsal import __version__
-from rtsal.engine.model import TOP1
+from rtsal.engine.model import TOP1, UpsamplerBlock
 from rtsal.errors import RtsalError, UnknownNameError
 from rtsal.files import atomic_write_bytes, atomic_write_with
 
@@ -267,6 +274,149 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+# --------------------------------------------------------------------------- size classes
+
+SIZE_CLASS_LEVELS = 6  # stride-2 layers told apart: encoders of stride up to 64
+
+
+def halving_pattern(n: int, levels: int = SIZE_CLASS_LEVELS) -> str:
+    """The parity of ``n``, ``ceil(n/2)``, ``ceil(n/4)``, ...: a map of any size with the same
+    pattern is padded ("same" padding) and resized (decoder) alike at every stride-2 layer."""
+    if n <= 0:
+        raise ExportError(f"image sizes must be positive, got {n}")
+    bits = []
+    for _ in range(levels):
+        bits.append(str(n % 2))
+        n = -(-n // 2)
+    return "".join(bits)
+
+
+def size_class(height: int, width: int, levels: int = SIZE_CLASS_LEVELS) -> str:
+    """The size class of (height, width): ``<pattern>x<pattern>`` (224 x 224 at 5 levels:
+    00000x00000)."""
+    return f"{halving_pattern(int(height), levels)}x{halving_pattern(int(width), levels)}"
+
+
+def size_class_levels(wrapper: ExportableMasker) -> int:
+    """How many halvings tell the encoder's size classes apart: 5 for stride 32."""
+    return max(1, int(wrapper.size_multiple).bit_length() - 1)
+
+
+def _same_conv_type() -> type | None:
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+    except ImportError:  # no timm: no dynamically padded convolutions to fix
+        return None
+    return Conv2dSame
+
+
+def _static_same_conv(conv: nn.Conv2d, pads: tuple[int, int, int, int], x: torch.Tensor):
+    x = torch.nn.functional.pad(x, pads)
+    return torch.nn.functional.conv2d(
+        x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups
+    )
+
+
+@contextmanager
+def static_shapes(wrapper: ExportableMasker, size: tuple[int, int]) -> Iterator[None]:
+    """While inside, ``wrapper`` traces to a graph for the size class of ``size``: each "same"
+    padded convolution pads by the constants this class implies, and the decoder resizes only
+    where the traced sizes differ. Outside, the modules are as they were."""
+    same = _same_conv_type()
+    convs = [m for m in wrapper.modules() if same is not None and isinstance(m, same)]
+    seen: dict[nn.Module, tuple[int, int]] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(mod, args[0].shape[-2:]))
+        for m in convs
+    ]
+    try:
+        with torch.no_grad():
+            wrapper(*example_inputs(wrapper, size, batch=1))
+    finally:
+        for h in hooks:
+            h.remove()
+    blocks = [m for m in wrapper.modules() if isinstance(m, UpsamplerBlock)]
+    try:
+        for m, (ih, iw) in seen.items():
+            ph, pw = (
+                max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+                for n, s, k, d in zip((ih, iw), m.stride, m.kernel_size, m.dilation, strict=True)
+            )
+            m.forward = partial(
+                _static_same_conv, m, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+            )
+        for b in blocks:
+            b.static_shapes = True
+        yield
+    finally:
+        for m in seen:
+            m.__dict__.pop("forward", None)
+        for b in blocks:
+            b.__dict__.pop("static_shapes", None)
+
+
+def fold_pads(path: Path) -> int:
+    """Fold constant zero padding into the convolution that reads it (ONNX Runtime keeps a Pad
+    node otherwise); constants computed first by ONNX Runtime's portable (basic) optimisations.
+    Rewrites ``path``; returns how many Pad nodes went."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    basic = path.with_name(path.name + ".basic")
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(basic)
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(basic))
+    finally:
+        basic.unlink(missing_ok=True)
+    graph = model.graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    folded = []
+    for node in graph.node:
+        if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+        fill = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else 0
+        pads = np.asarray(constants[node.input[1]]).astype(np.int64)
+        users = readers.get(node.output[0], [])
+        if (
+            mode != b"constant"
+            or fill is None
+            or np.any(np.asarray(fill) != 0)
+            or pads.shape != (8,)
+            or np.any(pads < 0)
+            or np.any(pads[[0, 1, 4, 5]])  # batch or channel padding
+            or len(users) != 1
+            or users[0].op_type != "Conv"
+        ):
+            continue
+        conv = users[0]
+        attrs = {a.name: a for a in conv.attribute}
+        if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+            continue
+        old = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+        if "pads" in attrs:
+            conv.attribute.remove(attrs["pads"])
+        conv.attribute.append(helper.make_attribute("pads", [int(v) for v in new]))
+        conv.input[0] = node.input[0]
+        folded.append(node)
+    for node in folded:
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for init in [i for i in graph.initializer if i.name not in used]:  # the pads folded
+        graph.initializer.remove(init)
+    onnx.save(model, str(path))
+    return len(folded)
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -338,11 +488,15 @@ def export_onnx(
     *,
     check: bool = False,
     tolerance: float = TOLERANCE,
+    static: bool = False,
 ) -> ExportResult:
     """Export to ONNX with dynamic batch, height and width (traced at ``size``).
 
-    With ``check``, ONNX Runtime runs the file on real photos and is compared with PyTorch before
-    it replaces ``out_path``; a larger mask difference than ``tolerance`` raises.
+    With ``static``, the graph serves the size class of ``size`` only (:func:`size_class`: the
+    sizes that halve alike at every stride-2 layer), with constant padding folded into the
+    convolutions: what rtsal's ONNX Runtime back end runs. With ``check``, ONNX Runtime runs the
+    file on real photos and is compared with PyTorch before it replaces ``out_path``; a larger
+    mask difference than ``tolerance`` raises.
     """
     check_opset(opset)
 
@@ -350,7 +504,7 @@ def export_onnx(
         images, classes = example_inputs(wrapper, hw)
         spatial = {0: "batch", 2: "height", 3: "width"}
         try:
-            with _quiet(), torch.no_grad():
+            with _quiet(), torch.no_grad(), static_shapes(wrapper, hw) if static else nullcontext():
                 torch.onnx.export(
                     wrapper,
                     (images, classes),
@@ -372,10 +526,17 @@ def export_onnx(
             ) from None
         except (RuntimeError, TypeError, ValueError) as exc:
             raise ExportError(f"ONNX export (opset {opset}) failed: {_first_line(exc)}") from None
+        if static:
+            fold_pads(tmp)
 
-    return _export(
-        ckpt, out_path, "onnx", write, check_onnx, size, check, tolerance, {"opset": opset}
-    )
+    extra: dict[str, Any] = {"opset": opset}
+    check_fn: Callable[..., ExportCheck] = check_onnx
+    if static:
+        ckpt = _as_wrapper(ckpt)
+        hw = _export_size(ckpt, size)
+        extra["size_class"] = size_class(*hw, levels=size_class_levels(ckpt))
+        check_fn = partial(check_onnx, size=hw)  # the photos at this size only
+    return _export(ckpt, out_path, "onnx", write, check_fn, size, check, tolerance, extra)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -406,15 +567,21 @@ def _to_tensor(
 
 
 def check_inputs(
-    wrapper: ExportableMasker, images: Sequence[Image.Image | np.ndarray] | None = None
+    wrapper: ExportableMasker,
+    images: Sequence[Image.Image | np.ndarray] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> list[torch.Tensor]:
     """Batches to compare on: all photos at the black box's input size, then each photo of
-    another aspect alone at its own aspect-keeping size (so batch, height and width all vary)."""
+    another aspect alone at its own aspect-keeping size (so batch, height and width all vary);
+    with ``size``, all photos and the first alone, at that size."""
     from rtsal.data.images import fit_size
 
     photos = list(images) if images is not None else sample_photos()
     if not photos:
         raise ExportError("no images to check the export on")
+    if size is not None:
+        batch = torch.stack([_to_tensor(im, size, wrapper) for im in photos])
+        return [batch, batch[:1]]
     size = wrapper.input_size
     batches = [torch.stack([_to_tensor(im, size, wrapper) for im in photos])]
     if getattr(wrapper.black_box, "fixed_input_size", False):  # a ViT takes its size only
@@ -432,10 +599,11 @@ def _compare(
     wrapper: ExportableMasker,
     run: Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray]],
     images: Sequence[Image.Image | np.ndarray] | None,
+    size: tuple[int, int] | None = None,
 ) -> ExportCheck:
     mask_diff = prob_diff = sum_diff = 0.0
     shapes = []
-    for x in check_inputs(wrapper, images):
+    for x in check_inputs(wrapper, images, size):
         with torch.inference_mode():
             mask, probs, classes = wrapper.top1(x)  # as `rtsal explain` does
         m, p = run(x, classes)
@@ -450,9 +618,11 @@ def check_onnx(
     ckpt: str | Path | ExportableMasker | None,
     onnx_path: str | Path,
     images: Sequence[Image.Image | np.ndarray] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> ExportCheck:
     """Run the ONNX file under ONNX Runtime (CPU) and the PyTorch model on the same real photos
-    (default: scikit-image's); returns the largest mask and probability differences."""
+    (default: scikit-image's; with ``size``, at that size only); returns the largest mask and
+    probability differences."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -473,7 +643,7 @@ def check_onnx(
         mask, probs = session.run(None, {"images": x.numpy(), "classes": classes.numpy()})
         return mask, probs
 
-    return _compare(wrapper, run, images)
+    return _compare(wrapper, run, images, size)
 
 
 def check_torchscript(
@@ -507,7 +677,11 @@ __all__ = [
     "check_torchscript",
     "export_onnx",
     "export_torchscript",
+    "fold_pads",
     "resolve_format",
     "sample_photos",
     "sidecar_path",
+    "size_class",
+    "size_class_levels",
+    "static_shapes",
 ]
