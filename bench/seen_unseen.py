@@ -10,6 +10,12 @@ removal at least halves f_c, and the mean saliency metric::
     python bench/seen_unseen.py runs/eval-lite2-rows runs/lite2/train-classes.tsv
     python bench/seen_unseen.py ROWS CLASSES --min-photos 5   # "seen" = at least 5 photos
     python bench/seen_unseen.py ROWS CLASSES --json
+    python bench/seen_unseen.py ROWS --by-confidence   # split by f_c(X) instead
+
+``--by-confidence`` splits the photos by the black box's probability of their label on the
+whole photo, f_c(X) (below 0.1, 0.1-0.3, 0.3-0.6, 0.6 and above): where the black box finds
+the label unlikely, keeping and removing the mask both leave it unlikely, and which of the two
+is larger says little.
 """
 
 from __future__ import annotations
@@ -60,37 +66,54 @@ def half(records: list[dict]) -> dict:
     return out
 
 
+CONFIDENCE_BINS = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.6), (0.6, 1.01))
+
+
+def by_confidence(records: list[dict]) -> dict[str, dict]:
+    """:func:`half` of the photos in each bin of f_c(X) (``p_image``)."""
+    return {
+        f"{lo:.1f}-{min(hi, 1.0):.1f}": half([r for r in records if lo <= r["p_image"] < hi])
+        for lo, hi in CONFIDENCE_BINS
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("rows", type=Path, help="the --out folder of rtsal metric / localize")
-    p.add_argument("classes", type=Path, help="a training run's train-classes.tsv")
+    p.add_argument("classes", type=Path, nargs="?", help="a training run's train-classes.tsv")
+    p.add_argument("--by-confidence", action="store_true", help="split by f_c(X) instead")
     p.add_argument(
         "--min-photos", type=int, default=1, help="training photos that make a class seen"
     )
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     records = read_records(a.rows)
-    seen = read_classes(a.classes, a.min_photos)
-    result = {
-        "rows": str(a.rows),
-        "classes": str(a.classes),
-        "min_photos": a.min_photos,
-        "seen": half([r for r in records if r["class_index"] in seen]),
-        "unseen": half([r for r in records if r["class_index"] not in seen]),
-        "all": half(records),
-    }
+    if a.by_confidence:
+        groups = {**by_confidence(records), "all": half(records)}
+        title = f"{a.rows} by the black box's probability of the label, f_c(X)"
+    elif a.classes is None:
+        p.error("give a train-classes.tsv, or --by-confidence")
+    else:
+        seen = read_classes(a.classes, a.min_photos)
+        groups = {
+            "seen": half([r for r in records if r["class_index"] in seen]),
+            "unseen": half([r for r in records if r["class_index"] not in seen]),
+            "all": half(records),
+        }
+        title = f"{a.rows} by {a.classes} (seen: >= {a.min_photos} training photos)"
+    result = {"rows": str(a.rows), "classes": str(a.classes), "min_photos": a.min_photos, **groups}
     if a.json:
         print(json.dumps(result))
         return
-    print(f"{a.rows} by {a.classes} (seen: >= {a.min_photos} training photos)")
-    for name in ("seen", "unseen", "all"):
+    print(title)
+    for name in groups:
         h = result[name]
         if not h["photos"]:
-            print(f"  {name:6s}   0 photos")
+            print(f"  {name:7s}   0 photos")
             continue
         loc = h.get("localization_error")
         ci = h.get("localization_error_ci95", [float("nan")] * 2)
-        text = f"  {name:6s} {h['photos']:4d} photos"
+        text = f"  {name:7s} {h['photos']:4d} photos"
         if loc is not None:
             text += f"  loc. error {100 * loc:5.1f} % ({100 * ci[0]:.1f}-{100 * ci[1]:.1f})"
         text += f"  wrong way {100 * h['wrong_way']:5.1f} %"
