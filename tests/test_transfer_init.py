@@ -75,3 +75,45 @@ def test_init_from_another_black_box_reuses_the_decoder(resnet_masker, tmp_path)
         lite0_head = create_black_box("efficientnet_lite0").network.classifier
     embedding = ours["filter.embedding.weight"].float()
     assert torch.allclose(embedding, lite0_head.weight.float(), atol=1e-6)  # not resnet18's
+
+
+def test_init_from_this_black_box_with_a_cheaper_decoder_reuses_what_fits(tmp_path):
+    """The shipped Lite0 masker as the start of one whose head sits at stride 8 (one upsampler
+    block fewer): every tensor that fits is reused, the class embedding included, the head's
+    weight (other width) starts anew, and one line says so. Another class embedding is refused
+    in one line."""
+    from safetensors.torch import load_file
+
+    from rtsal.engine.locate import open_checkpoint
+
+    shipped = open_checkpoint(None)  # the shipped Lite0 model
+    theirs = shipped.read_weights()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(SAMPLE.iterdir())[::60][:12]:
+        shutil.copy(p, photos / p.name)
+    out = tmp_path / "stride8"
+    env = {"RTSAL_DISABLE_PLUGIN_AUTOLOAD": "", "RTSAL_PLUGINS": "efficientnet-lite"}
+    args = ["train", "--blackbox", "efficientnet_lite0", "--data", photos, "--init",
+            shipped.folder, "--steps", 1, "--batch-size", 4, "--mosaic", 0,
+            "--lr", 1e-12]  # fmt: skip
+    with lite_plugin_only():
+        run = run_main(*args, "--mask-stride", 8, "--out", out, env=env)
+    assert run.code == 0, run.stderr
+    notes = [line for line in run.stderr.splitlines() if line.startswith("--init")]
+    assert len(notes) == 1 and "other model options (mask_stride 4 -> 8)" in notes[0], run.stderr
+    ours = load_file(str(out / "model.safetensors"))
+    assert not any(k.startswith("upsamplers.2.") for k in ours)  # the stride-4 block is gone
+    assert ours["head.conv.weight"].shape[1] == 128 != theirs["head.conv.weight"].shape[1]
+    assert "reused 62 of 63 tensors" in notes[0] and "re-initialised 1 tensor " in notes[0]
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    for k in ours:
+        if k != "head.conv.weight" and not k.endswith(buffers):  # lr 1e-12: as loaded
+            assert torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6), k
+    with lite_plugin_only():
+        refused = run_main(
+            *args, "--embedding", "classifier-tied", "--out", tmp_path / "tied", env=env
+        )
+    assert refused.code != 0 and "Traceback" not in refused.stderr
+    assert "--init needs the same encoder and classes" in refused.stderr
+    assert "embedding" in refused.stderr.strip().splitlines()[-1]

@@ -442,10 +442,12 @@ class Trainer:
                 self.scaler = torch.amp.GradScaler("cuda")
 
     def _init_from(self, path: str) -> None:
-        """Start from a trained masking model. Trained for this black box, it must have the
-        same model options; trained for another one (transfer), the tensors whose names and
-        shapes fit are reused (the decoder) and the rest keep this run's initialisation: the
-        class embedding (from this black box's classifier) and layers whose shapes differ."""
+        """Start from a trained masking model. Trained for this black box with the same model
+        options, all of it is loaded. Otherwise the tensors whose names and shapes fit are
+        reused and the rest keep this run's initialisation, said in one line: for another
+        black box (transfer) the decoder, with the class embedding from this black box's
+        classifier; for this one with other decoder options (a cheaper decoder, say) the class
+        embedding too."""
         from rtsal.engine.checkpoint import check_black_box
         from rtsal.engine.locate import open_checkpoint
 
@@ -457,16 +459,22 @@ class Trainer:
         except CheckpointError:
             same_black_box = False
         sd = ckpt.read_weights()
-        if same_black_box:
-            theirs = MaskerConfig.from_dict(meta.get("model", {}))
-            if theirs.to_dict() | {"embedding_init": ""} != self.model_config.to_dict() | {
-                "embedding_init": ""
-            }:
-                raise CheckpointError(f"{where}: --init needs the same model options as this run")
-            self.model.load_state_dict(sd, strict=False)
-            return
         ours = self.model.trainable_state_dict()
-        embedding = [k for k in ours if k.startswith("filter.")]
+        if same_black_box:
+            theirs = MaskerConfig.from_dict(meta.get("model", {})).to_dict()
+            mine = self.model_config.to_dict()
+            changed = [k for k in mine if k != "embedding_init" and theirs.get(k) != mine[k]]
+            if not changed:
+                self.model.load_state_dict(sd, strict=False)
+                return
+            if any(k in changed for k in ("encoder", "in_channels", "num_classes", "embedding")):
+                raise CheckpointError(
+                    f"{where}: --init needs the same encoder and classes as this run "
+                    f"(differs: {', '.join(changed)})"
+                )
+            embedding = []  # the same classes: the class embedding is reused too
+        else:
+            embedding = [k for k in ours if k.startswith("filter.")]
         fits = {
             k: v
             for k, v in sd.items()
@@ -476,6 +484,20 @@ class Trainer:
         misfit = [k for k in ours if k not in fits and k not in embedding]
         count = sum(v.numel() for v in fits.values())
         total = sum(v.numel() for k, v in ours.items() if k not in embedding)
+        if same_black_box:
+            options = ", ".join(f"{k} {theirs.get(k)} -> {mine[k]}" for k in changed)
+            self.init_note = (
+                f"--init {path}: other model options ({options}); reused {len(fits)} of "
+                f"{len(fits) + len(misfit)} tensors ({count / 1e6:.2f} M of {total / 1e6:.2f} M "
+                "parameters)"
+                + (
+                    f"; re-initialised {len(misfit)} tensor{'s' * (len(misfit) > 1)} "
+                    "not in it or of other shapes"
+                    if misfit
+                    else ""
+                )
+            )
+            return
         other = meta.get("black_box", {}).get("name", "another black box")
         self.init_note = (
             f"--init {path}: trained for {other}, not {self.black_box.name}; reused {len(fits)} "
