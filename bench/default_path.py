@@ -13,9 +13,10 @@ scikit-image's photographs where that folder is absent):
 - ``Explainer(backend="pytorch")``: the same through the PyTorch masking model.
 
 Batches of 32 and of 1; then the PyTorch masking model's encoder and decoder timed apart at
-batch 1 (where its cost above the forward pass goes). Each round times every row once, in
-turn, so that the machine's drift touches all rows alike; the table gives the median over rounds
-and its ratio to the forward pass.
+batch 1 (where its cost above the forward pass goes). ``--also CKPT`` adds the rows and the
+decoder time of another checkpoint for the same black box (a cheaper decoder, say). Each round
+times every row once, in turn, so that the machine's drift touches all rows alike; the table
+gives the median over rounds and its ratio to the forward pass.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def main() -> None:
     ap.add_argument("--batches", default="32,1")
     ap.add_argument("--out", type=Path, help="Markdown page to write the section into")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkpoint for the same black box (a cheaper decoder, say): its rows too",
+    )
     args = ap.parse_args()
 
     import rtsal
@@ -84,6 +92,12 @@ def main() -> None:
         f"Explainer(), default back end ({auto.backend_name})": auto,
         'Explainer(backend="pytorch")': pytorch,
     }
+    decoders = {"shipped": pytorch}
+    for ckpt in args.also:
+        other = Explainer(ckpt, backend="pytorch")
+        rows[f"Explainer({ckpt.name}), default back end"] = Explainer(ckpt)
+        rows[f'Explainer({ckpt.name}, backend="pytorch")'] = other
+        decoders[ckpt.name] = other
     batches = [int(b) for b in args.batches.split(",")]
     results: dict[int, dict[str, list[float]]] = {b: {k: [] for k in rows} for b in batches}
     for b in batches:
@@ -103,10 +117,11 @@ def main() -> None:
         x = pytorch._input(photos(1, size))
         feats = net.encode(x, with_logits=True)
         top = feats.logits.argmax(1)
-        parts = {
-            "encoder": lambda _: net.encode(x, with_logits=True),
-            "decoder": lambda _: net.decode(feats, top, x.shape[-2:]),
-        }
+        parts = {"encoder": lambda _: net.encode(x, with_logits=True)}
+        for name, e in decoders.items():
+            parts["decoder" if name == "shipped" else f"decoder of {name}"] = lambda _, m=e.model: (
+                m.decode(feats, top, x.shape[-2:])
+            )
         for fn in parts.values():
             timed(fn, x, 3)
         split = {
@@ -138,9 +153,16 @@ def main() -> None:
     lines += [
         "",
         f"The PyTorch masking model at batch 1, its parts timed apart: encoder {enc:.1f} ms, "
-        f"decoder {dec:.1f} ms ({dec / enc:.2f} of the encoder's time).",
+        f"decoder {dec:.1f} ms ({dec / enc:.2f} of the encoder's time)"
+        + "".join(
+            f"; the decoder of {k[len('decoder of ') :]} {split[k] * 1e3:.1f} ms "
+            f"({split[k] * 1e3 / enc:.2f})"
+            for k in split
+            if k.startswith("decoder of ")
+        )
+        + ".",
     ]
-    summary["batch 1 encoder/decoder ms"] = {"encoder": enc, "decoder": dec}
+    summary["batch 1 encoder/decoder ms"] = {k: v * 1e3 for k, v in split.items()}
     text = "\n".join(lines)
     print(text)
     if args.out:
