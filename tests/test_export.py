@@ -226,14 +226,15 @@ def test_bad_outputs_and_checkpoints_are_refused(wrapper, tmp_path):
 
 
 def test_size_classes_follow_how_sizes_halve():
-    from rtsal.inference.export import halving_pattern, size_class, size_class_levels
+    from rtsal.errors import RtsalError
+    from rtsal.inference.size_classes import halving_pattern, size_class, size_class_levels
 
     assert halving_pattern(224, 5) == "00000"  # 224 112 56 28 14
     assert halving_pattern(260, 6) == "001111"  # 260 130 65 33 17 9
     assert halving_pattern(200, 5) == "00011"  # 200 100 50 25 13
     assert size_class(260, 324, 6) == "001111x001111"  # 324 162 81 41 21 11
     assert size_class(224, 288, 5) == size_class(224, 320, 5)  # multiples of 32: one class
-    with pytest.raises(ExportError, match="positive"):
+    with pytest.raises(RtsalError, match="positive"):
         halving_pattern(0)
     assert size_class_levels(ExportableMasker.from_checkpoint()) == 5  # Lite0's stride is 32
 

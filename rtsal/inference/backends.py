@@ -135,7 +135,7 @@ class MethodBackend(MaskBackend):
 def cached_export_path(checkpoint: Path, cache: Path | None = None, size: str = "") -> Path:
     """Where the ONNX file of ``checkpoint`` is kept: keyed by the checkpoint's bytes and the
     versions of rtsal and torch, so a changed checkpoint or exporter gets a new file; ``size``
-    names the size class of a graph made for one (``rtsal.inference.export.size_class``)."""
+    names the size class of a graph made for one (``rtsal.inference.size_classes``)."""
     from rtsal.data.cache import cache_dir
     from rtsal.engine.checkpoint import META_NAME
 
@@ -206,7 +206,7 @@ class OnnxMasker(MaskBackend):
 
     def _graph(self, height: int, width: int) -> _Graph:
         """The graph for images of this size (exported and checked the first time)."""
-        from rtsal.inference.export import size_class, size_class_levels
+        from rtsal.inference.size_classes import size_class, size_class_levels
 
         if self._levels is None:
             self._levels = size_class_levels(self._exportable_model())

@@ -14,7 +14,8 @@ ONNX Runtime inside rtsal runs a graph made for one *size class* instead (``stat
 sizes that halve alike at every stride-2 layer (all multiples of 32 are one class). There the
 "same" padding of TensorFlow-ported convolutions (EfficientNet-Lite) is a constant folded into
 each convolution and the decoder resizes only where sizes differ, which spares ONNX Runtime a
-layout change around every strided convolution (``docs/performance.md``).
+layout change around every strided convolution (:mod:`rtsal.inference.size_classes`,
+``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from PIL import Image
 from torch import nn
 
 from rtsal import __version__
-from rtsal.engine.model import TOP1, UpsamplerBlock
+from rtsal.engine.model import TOP1
 from rtsal.errors import RtsalError, UnknownNameError
 from rtsal.files import atomic_write_bytes, atomic_write_with
+from rtsal.inference.size_classes import fold_pads, size_class, size_class_levels, static_shapes
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {
@@ -272,149 +274,6 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-# --------------------------------------------------------------------------- size classes
-
-SIZE_CLASS_LEVELS = 6  # stride-2 layers told apart: encoders of stride up to 64
-
-
-def halving_pattern(n: int, levels: int = SIZE_CLASS_LEVELS) -> str:
-    """The parity of ``n``, ``ceil(n/2)``, ``ceil(n/4)``, ...: a map of any size with the same
-    pattern is padded ("same" padding) and resized (decoder) alike at every stride-2 layer."""
-    if n <= 0:
-        raise ExportError(f"image sizes must be positive, got {n}")
-    bits = []
-    for _ in range(levels):
-        bits.append(str(n % 2))
-        n = -(-n // 2)
-    return "".join(bits)
-
-
-def size_class(height: int, width: int, levels: int = SIZE_CLASS_LEVELS) -> str:
-    """The size class of (height, width): ``<pattern>x<pattern>`` (224 x 224 at 5 levels:
-    00000x00000)."""
-    return f"{halving_pattern(int(height), levels)}x{halving_pattern(int(width), levels)}"
-
-
-def size_class_levels(wrapper: ExportableMasker) -> int:
-    """How many halvings tell the encoder's size classes apart: 5 for stride 32."""
-    return max(1, int(wrapper.size_multiple).bit_length() - 1)
-
-
-def _same_conv_type() -> type | None:
-    try:
-        from timm.layers.conv2d_same import Conv2dSame
-    except ImportError:  # no timm: no dynamically padded convolutions to fix
-        return None
-    return Conv2dSame
-
-
-def _static_same_conv(conv: nn.Conv2d, pads: tuple[int, int, int, int], x: torch.Tensor):
-    x = torch.nn.functional.pad(x, pads)
-    return torch.nn.functional.conv2d(
-        x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups
-    )
-
-
-@contextmanager
-def static_shapes(wrapper: ExportableMasker, size: tuple[int, int]) -> Iterator[None]:
-    """While inside, ``wrapper`` traces to a graph for the size class of ``size``: each "same"
-    padded convolution pads by the constants this class implies, and the decoder resizes only
-    where the traced sizes differ. Outside, the modules are as they were."""
-    same = _same_conv_type()
-    convs = [m for m in wrapper.modules() if same is not None and isinstance(m, same)]
-    seen: dict[nn.Module, tuple[int, int]] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(mod, args[0].shape[-2:]))
-        for m in convs
-    ]
-    try:
-        with torch.no_grad():
-            wrapper(*example_inputs(wrapper, size, batch=1))
-    finally:
-        for h in hooks:
-            h.remove()
-    blocks = [m for m in wrapper.modules() if isinstance(m, UpsamplerBlock)]
-    try:
-        for m, (ih, iw) in seen.items():
-            ph, pw = (
-                max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
-                for n, s, k, d in zip((ih, iw), m.stride, m.kernel_size, m.dilation, strict=True)
-            )
-            m.forward = partial(
-                _static_same_conv, m, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-            )
-        for b in blocks:
-            b.static_shapes = True
-        yield
-    finally:
-        for m in seen:
-            m.__dict__.pop("forward", None)
-        for b in blocks:
-            b.__dict__.pop("static_shapes", None)
-
-
-def fold_pads(path: Path) -> int:
-    """Fold constant zero padding into the convolution that reads it (ONNX Runtime keeps a Pad
-    node otherwise); constants computed first by ONNX Runtime's portable (basic) optimisations.
-    Rewrites ``path``; returns how many Pad nodes went."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
-
-    basic = path.with_name(path.name + ".basic")
-    try:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(basic)
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        model = onnx.load(str(basic))
-    finally:
-        basic.unlink(missing_ok=True)
-    graph = model.graph
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    folded = []
-    for node in graph.node:
-        if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] not in constants:
-            continue
-        mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
-        fill = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else 0
-        pads = np.asarray(constants[node.input[1]]).astype(np.int64)
-        users = readers.get(node.output[0], [])
-        if (
-            mode != b"constant"
-            or fill is None
-            or np.any(np.asarray(fill) != 0)
-            or pads.shape != (8,)
-            or np.any(pads < 0)
-            or np.any(pads[[0, 1, 4, 5]])  # batch or channel padding
-            or len(users) != 1
-            or users[0].op_type != "Conv"
-        ):
-            continue
-        conv = users[0]
-        attrs = {a.name: a for a in conv.attribute}
-        if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
-            continue
-        old = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
-        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
-        if "pads" in attrs:
-            conv.attribute.remove(attrs["pads"])
-        conv.attribute.append(helper.make_attribute("pads", [int(v) for v in new]))
-        conv.input[0] = node.input[0]
-        folded.append(node)
-    for node in folded:
-        graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    for init in [i for i in graph.initializer if i.name not in used]:  # the pads folded
-        graph.initializer.remove(init)
-    onnx.save(model, str(path))
-    return len(folded)
 
 
 # --------------------------------------------------------------------------- export
@@ -677,11 +536,7 @@ __all__ = [
     "check_torchscript",
     "export_onnx",
     "export_torchscript",
-    "fold_pads",
     "resolve_format",
     "sample_photos",
     "sidecar_path",
-    "size_class",
-    "size_class_levels",
-    "static_shapes",
 ]
