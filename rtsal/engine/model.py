@@ -231,7 +231,7 @@ class Bottleneck(nn.Module):
 class UpsamplerBlock(nn.Module):
     """Transposed conv x2, concatenate the encoder map of that scale, bottleneck blocks."""
 
-    # set while tracing a graph for one size class (rtsal.inference.export.static_shapes): the
+    # set while tracing a graph for one size class (rtsal.inference.size_classes): the
     # resize is kept only where the traced sizes differ, as for every size of that class
     static_shapes = False
 

@@ -172,7 +172,7 @@ class OnnxMasker(MaskBackend):
 
     Each graph serves one size class (the sizes that halve alike at every stride-2 layer: all
     multiples of 32 are one), so "same" padding and the decoder's resizes are constants in it
-    (``rtsal.inference.export.static_shapes``). The black box's input size is exported when the
+    (``rtsal.inference.size_classes``). The black box's input size is exported when the
     back end is made; another class the first time an image of it comes."""
 
     name = "onnxruntime"

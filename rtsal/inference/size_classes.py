@@ -50,12 +50,14 @@ def size_class_levels(wrapper: Any) -> int:
     return max(1, int(wrapper.size_multiple).bit_length() - 1)
 
 
-def _same_conv_type() -> type | None:
+def _same_padding() -> tuple[type, Any] | None:
+    """timm's dynamically "same"-padded convolution and the padding it computes, or None."""
     try:
         from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.padding import pad_same_arg
     except ImportError:  # no timm: no dynamically padded convolutions to fix
         return None
-    return Conv2dSame
+    return Conv2dSame, pad_same_arg
 
 
 def _static_same_conv(conv: nn.Conv2d, pads: tuple[int, int, int, int], x: torch.Tensor):
@@ -70,8 +72,8 @@ def static_shapes(wrapper: Any, size: tuple[int, int]) -> Iterator[None]:
     """While inside, ``wrapper`` traces to a graph for the size class of ``size``: each "same"
     padded convolution pads by the constants this class implies, and the decoder resizes only
     where the traced sizes differ. Outside, the modules are as they were."""
-    same = _same_conv_type()
-    convs = [m for m in wrapper.modules() if same is not None and isinstance(m, same)]
+    same = _same_padding()
+    convs = [m for m in wrapper.modules() if same is not None and isinstance(m, same[0])]
     seen: dict[nn.Module, tuple[int, int]] = {}
     hooks = [
         m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(mod, args[0].shape[-2:]))
@@ -86,14 +88,9 @@ def static_shapes(wrapper: Any, size: tuple[int, int]) -> Iterator[None]:
             h.remove()
     blocks = [m for m in wrapper.modules() if isinstance(m, UpsamplerBlock)]
     try:
-        for m, (ih, iw) in seen.items():
-            ph, pw = (
-                max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
-                for n, s, k, d in zip((ih, iw), m.stride, m.kernel_size, m.dilation, strict=True)
-            )
-            m.forward = partial(
-                _static_same_conv, m, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-            )
+        for m, hw in seen.items():  # the pads timm's Conv2dSame computes for this size
+            pads = same[1](list(hw), m.kernel_size, m.stride, m.dilation)  # type: ignore[index]
+            m.forward = partial(_static_same_conv, m, tuple(int(p) for p in pads))
         for b in blocks:
             b.static_shapes = True
         yield
